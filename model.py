@@ -1,0 +1,546 @@
+"""LLaDA in plain PyTorch: config, network, HF checkpoint loading/saving, hand-written LoRA, tokenizer.
+
+LLaDA is a masked diffusion LM: a Llama-like transformer WITHOUT a causal mask, trained to predict the
+tokens hidden behind a [MASK] token. Everything the other scripts need from the model lives here:
+
+    Config                 fields of the release `config.json` (+ presets: "tiny", "demo", "llada-8b")
+    LLaDA                  the network; module names equal the checkpoint keys (minus the "model." prefix)
+    LLaDA.from_pretrained  local folder (sharded or single file) or hub id; explicit key map, shape checks
+    model.save_pretrained  the same HF layout back (shards + index + config.json [+ tokenizer])
+    LoRALinear, apply_lora, lora_disabled, merge_lora, save_adapter, load_adapter   (PEFT file layout)
+    load_tokenizer, make_char_tokenizer
+
+No `trust_remote_code` is ever needed: we read the safetensors files ourselves. The official remote code can
+load what `save_pretrained` writes (config.json carries the release's `auto_map`, pointing at the hub).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclasses.dataclass
+class Config:
+    d_model: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    mlp_hidden_size: int = 12288
+    vocab_size: int = 126464
+    embedding_size: int = 126464  # rows of wte / ff_out; >= vocab_size (the release pads to a multiple)
+    max_sequence_length: int = 4096
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+    mask_token_id: int = 126336
+    eos_token_id: int = 126081
+    pad_token_id: int = 126081
+    bos_token_id: int = 126080
+    extra: dict = dataclasses.field(default_factory=dict)  # other release fields, written back unchanged
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: v for k, v in d.items() if k not in names}
+        if "embedding_size" not in known or known["embedding_size"] is None:
+            known["embedding_size"] = known.get("vocab_size", cls.vocab_size)
+        # The release calls the norm epsilon "rms_norm_eps"; older OLMo-style configs say "layer_norm_eps".
+        if "rms_norm_eps" not in d and "layer_norm_eps" in d:
+            known["rms_norm_eps"] = d["layer_norm_eps"]
+        cfg = cls(**known, extra=extra)
+        if cfg.d_model % cfg.n_heads != 0:
+            raise ValueError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
+        if cfg.n_kv_heads != cfg.n_heads:
+            raise ValueError("LLaDA uses plain multi-head attention (n_kv_heads == n_heads); "
+                             f"got n_kv_heads={cfg.n_kv_heads}, n_heads={cfg.n_heads}")
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Config":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def to_dict(self) -> dict:
+        d = {
+            # Fields the official remote code (configuration_llada.py) expects, with the release's values.
+            "architectures": ["LLaDAModelLM"], "model_type": "llada", "activation_type": "silu",
+            "block_type": "llama", "layer_norm_type": "rms", "include_bias": False, "include_qkv_bias": False,
+            "weight_tying": False, "rope": True, "rope_full_precision": True, "alibi": False,
+            "scale_logits": False, "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0,
+            "mlp_ratio": self.mlp_hidden_size // self.d_model, "torch_dtype": "bfloat16",
+            "auto_map": {
+                "AutoConfig": "GSAI-ML/LLaDA-8B-Instruct--configuration_llada.LLaDAConfig",
+                "AutoModel": "GSAI-ML/LLaDA-8B-Instruct--modeling_llada.LLaDAModelLM",
+                "AutoModelForCausalLM": "GSAI-ML/LLaDA-8B-Instruct--modeling_llada.LLaDAModelLM",
+            },
+        }
+        d.update(self.extra)  # a config we loaded keeps its own values for everything we do not model
+        d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
+        return d
+
+
+PRESETS = {
+    # The real architecture (LLaDA-8B-Base / -Instruct): 8.0B parameters.
+    "llada-8b": dict(),
+    # A model for unit tests: seconds on a CPU. Token ids come from the tokenizer (make_char_tokenizer).
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128, max_sequence_length=512),
+    # The CPU demo model (~0.8M parameters with a character vocabulary).
+    "demo": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, max_sequence_length=512),
+}
+
+
+def preset_config(name: str, tokenizer=None, **overrides) -> Config:
+    """A preset; with a tokenizer, the vocabulary size and special ids are taken from it."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+    d = dict(PRESETS[name])
+    if tokenizer is not None:
+        ids = special_ids(tokenizer)
+        d.update(vocab_size=len(tokenizer), embedding_size=len(tokenizer), **ids)
+    d.update(overrides)
+    return Config.from_dict(d)
+
+
+# -----------------------------------------------------------------------------
+# The network
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in fp32 (bf16 sums of squares lose precision), cast back, then scale: the release's order.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.to(x.dtype) * self.weight
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
+    """positions (B, L) integer -> cos, sin (B, 1, L, head_dim) in fp32 ("rotate half" layout)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (B, L, head_dim/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (B, L, head_dim)
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L, hd): rotate in fp32, cast back."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. Names = checkpoint keys: attn_norm, q/k/v_proj, attn_out, ff_norm,
+    ff_proj (the SwiGLU GATE), up_proj, ff_out (the down projection)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        d, h = cfg.d_model, cfg.mlp_hidden_size
+        self.n_heads = cfg.n_heads
+        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.ff_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.ff_proj = nn.Linear(d, h, bias=False)
+        self.up_proj = nn.Linear(d, h, bias=False)
+        self.ff_out = nn.Linear(h, d, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask):
+        B, L, D = x.shape
+        a = self.attn_norm(x)
+        # (B, L, D) -> (B, H, L, hd)
+        q, k, v = (p(a).view(B, L, self.n_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Bidirectional: no causal mask. attn_mask (B, 1, 1, L) bool, True = attend; None = attend to all.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
+        x = x + self.attn_out(y.transpose(1, 2).reshape(B, L, D))
+        f = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(f)) * self.up_proj(f))
+
+
+class LLaDA(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.gradient_checkpointing = False
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.embedding_size, cfg.d_model),
+            blocks=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers)),
+            ln_f=RMSNorm(cfg.d_model, cfg.rms_norm_eps),
+            ff_out=nn.Linear(cfg.d_model, cfg.embedding_size, bias=False),  # output head (untied)
+        ))
+
+    def init_weights(self, seed: int = 0, std: float = 0.02):
+        """Random init for from-scratch training and random-weight benchmarks (normal, residual-scaled)."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+                continue
+            residual = ".blocks." in name and name.endswith(("attn_out.weight", "ff_out.weight"))
+            s = std / math.sqrt(2 * self.config.n_layers) if residual else std  # GPT-2 style residual scaling
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * s)
+        return self
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, L), attention_mask (B, L) 1 = real token, 0 = padding -> final hidden (B, L, D)."""
+        B, L = input_ids.shape
+        if attention_mask is None:
+            positions = torch.arange(L, device=input_ids.device).expand(B, L)
+            attn_mask = None
+        else:
+            # Positions count real tokens only, so a left-padded prompt sees the same RoPE angles as unpadded.
+            attention_mask = attention_mask.bool()
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            attn_mask = attention_mask[:, None, None, :]  # (B, 1, 1, L): mask padding KEYS only
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        x = self.transformer.wte(input_ids)
+        for block in self.transformer.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, attn_mask)
+        return self.transformer.ln_f(x)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> logits (..., V). The 126k-wide output head: call it only where logits are needed."""
+        return self.transformer.ff_out(h)[..., : self.config.vocab_size]
+
+    def forward(self, input_ids, attention_mask=None, positions: slice | torch.Tensor | None = None):
+        """Logits (B, L, V), or (B, P, V) for `positions` (a slice or 1-D index tensor along the sequence)."""
+        h = self.hidden_states(input_ids, attention_mask)
+        if positions is not None:
+            h = h[:, positions]
+        return self.head(h)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- checkpoints ---------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str, dtype: torch.dtype = torch.float32, device="cpu") -> "LLaDA":
+        """Load an HF-layout checkpoint straight into `dtype` on `device` (one tensor at a time, no second copy)."""
+        folder = resolve_checkpoint(path_or_hub_id)
+        cfg = Config.from_json(folder / "config.json")
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = {checkpoint_key(k): (k, p.shape) for k, p in model.state_dict().items()}
+        state = {}
+        for key, tensor in iter_safetensors(folder, device):
+            if key not in expected:
+                raise KeyError(f"unexpected tensor {key!r} in {folder} (not part of the LLaDA architecture)")
+            name, shape = expected[key]
+            if tuple(tensor.shape) != tuple(shape):
+                raise ValueError(f"shape mismatch for {key!r} in {folder}: checkpoint has {tuple(tensor.shape)}, "
+                                 f"config.json implies {tuple(shape)}")
+            state[name] = tensor.to(dtype)
+        missing = sorted(k for k, (name, _) in expected.items() if name not in state)
+        if missing:
+            raise KeyError(f"checkpoint {folder} is missing {len(missing)} tensor(s), e.g. {missing[:3]}")
+        model.load_state_dict(state, assign=True, strict=True)
+        return model
+
+    def save_pretrained(self, folder: str | os.PathLike, tokenizer=None, max_shard_bytes: int = 5 * 2**30):
+        """Write config.json + safetensors (one file, or shards + index) atomically. LoRA must be merged first."""
+        from safetensors.torch import save_file
+        if any(isinstance(m, LoRALinear) for m in self.modules()):
+            raise ValueError("merge_lora(model) before save_pretrained (or save the adapter with save_adapter)")
+        tensors = {checkpoint_key(k): v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        shards, current, size = [], {}, 0
+        for k, v in tensors.items():
+            nbytes = v.numel() * v.element_size()
+            if current and size + nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = {}, 0
+            current[k] = v
+            size += nbytes
+        shards.append(current)
+        with atomic_dir(folder) as tmp:
+            with open(tmp / "config.json", "w") as f:
+                json.dump(self.config.to_dict(), f, indent=2)
+            if len(shards) == 1:
+                save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
+            else:
+                weight_map = {}
+                for i, shard in enumerate(shards):
+                    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                    save_file(shard, tmp / name, metadata={"format": "pt"})
+                    weight_map.update({k: name for k in shard})
+                total = sum(v.numel() * v.element_size() for v in tensors.values())
+                with open(tmp / "model.safetensors.index.json", "w") as f:
+                    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+
+
+def checkpoint_key(state_dict_key: str) -> str:
+    """Our state-dict key -> the release's key: everything lives under the "model." prefix of LLaDAModelLM."""
+    return "model." + state_dict_key
+
+
+def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
+    """A local folder, or a hub id resolved to a local folder (downloaded when online, else from the cache)."""
+    p = Path(path_or_hub_id)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p} has no config.json: not an HF-layout checkpoint folder")
+        return p
+    if p.exists():
+        raise NotADirectoryError(f"{p} is a file; expected a checkpoint folder (config.json + *.safetensors)")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_hub_id)):
+        raise FileNotFoundError(f"no such checkpoint folder: {p}")
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as e:  # offline / unknown repo / gated: say what happened and how to fix it
+        raise FileNotFoundError(
+            f"{path_or_hub_id!r} is not a local folder and could not be fetched from the Hugging Face hub "
+            f"({type(e).__name__}: {e}). Download it once while online, or pass a local folder.") from e
+
+
+def iter_safetensors(folder: Path, device):
+    """Yield (key, tensor) from model.safetensors or the shards of model.safetensors.index.json."""
+    from safetensors import safe_open
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{folder} has neither model.safetensors nor model.safetensors.index.json")
+    for name in files:
+        with safe_open(folder / name, framework="pt", device=str(device)) as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)
+
+
+@contextlib.contextmanager
+def atomic_dir(folder: str | os.PathLike):
+    """Write a folder under a temporary name and swap it in at the end: a crash never leaves half a checkpoint."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = folder.with_name(folder.name + f".old{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -----------------------------------------------------------------------------
+# LoRA (hand-written; files in the PEFT layout)
+
+# Every Linear inside a block. The output head is also called ff_out, so targets only match inside blocks.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+
+class LoRALinear(nn.Module):
+    """y = x W^T + scale * dropout(x) A^T B^T, with A (r, in) random, B (out, r) zero: at step 0 it IS the base.
+    Keeps `weight` under its own name, so the base checkpoint keys are unchanged. A/B stay fp32."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, generator=None):
+        super().__init__()
+        self.weight = base.weight  # frozen base weight (bf16 on GPU)
+        self.weight.requires_grad_(False)
+        self.r, self.alpha, self.scale = r, alpha, alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device, dtype=torch.float32))
+        with torch.no_grad():  # U(-1/sqrt(in), 1/sqrt(in)): PEFT's default (kaiming_uniform with a=sqrt(5))
+            bound = 1 / math.sqrt(base.in_features)
+            self.lora_A.copy_(torch.rand(self.lora_A.shape, generator=generator) * 2 * bound - bound)
+        self.dropout = nn.Dropout(dropout)
+        self.disabled = False
+
+    def forward(self, x):
+        y = F.linear(x, self.weight)
+        if self.disabled:
+            return y
+        a = self.dropout(x).to(self.lora_A.dtype)
+        return y + (F.linear(F.linear(a, self.lora_A), self.lora_B) * self.scale).to(y.dtype)
+
+    def merged_weight(self) -> torch.Tensor:
+        return (self.weight.float() + self.scale * self.lora_B @ self.lora_A).to(self.weight.dtype)
+
+
+def lora_modules(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def apply_lora(model: LLaDA, r: int, alpha: float, dropout: float = 0.0, targets=LORA_TARGETS, seed: int = 0) -> LLaDA:
+    """Wrap the named Linear layers of every block in LoRALinear and freeze everything else."""
+    unknown = set(targets) - set(LORA_TARGETS)
+    if unknown:
+        raise ValueError(f"unknown LoRA targets {sorted(unknown)}; LLaDA blocks have {LORA_TARGETS}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)  # a local generator: the same A on every rank, no global reseeding
+    for block in model.transformer.blocks:
+        for name in targets:
+            setattr(block, name, LoRALinear(getattr(block, name), r, alpha, dropout, generator=g))
+    return model
+
+
+@contextlib.contextmanager
+def lora_disabled(model: nn.Module):
+    """Run the base model (the frozen reference policy of the KL term) without a second copy of the weights."""
+    mods = [m for _, m in lora_modules(model)]
+    before = [m.disabled for m in mods]
+    for m in mods:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m, b in zip(mods, before):
+            m.disabled = b
+
+
+def merge_lora(model: LLaDA) -> LLaDA:
+    """Fold every adapter into its base weight and replace LoRALinear by a plain nn.Linear (in place)."""
+    for block in model.transformer.blocks:
+        for name in LORA_TARGETS:
+            m = getattr(block, name)
+            if isinstance(m, LoRALinear):
+                lin = nn.Linear(m.weight.shape[1], m.weight.shape[0], bias=False, device=m.weight.device, dtype=m.weight.dtype)
+                with torch.no_grad():
+                    lin.weight.copy_(m.merged_weight())
+                setattr(block, name, lin)
+    return model
+
+
+def peft_key(name: str, ab: str) -> str:
+    """Our module name -> the key PEFT writes: base_model.model.<release module path>.lora_A.weight."""
+    return f"base_model.model.{checkpoint_key(name)}.{ab}.weight"
+
+
+def save_adapter(model: LLaDA, folder, base_model: str = "GSAI-ML/LLaDA-8B-Instruct"):
+    """adapter_model.safetensors + adapter_config.json, loadable by `peft.PeftModel.from_pretrained`."""
+    from safetensors.torch import save_file
+    mods = lora_modules(model)
+    if not mods:
+        raise ValueError("the model has no LoRA adapters to save")
+    tensors = {}
+    for name, m in mods:
+        tensors[peft_key(name, "lora_A")] = m.lora_A.detach().contiguous().cpu()
+        tensors[peft_key(name, "lora_B")] = m.lora_B.detach().contiguous().cpu()
+    m0 = mods[0][1]
+    targets = sorted({name.rsplit(".", 1)[-1] for name, _ in mods})
+    config = {
+        "peft_type": "LORA", "task_type": None, "r": m0.r, "lora_alpha": m0.alpha, "lora_dropout": m0.dropout.p,
+        # A regex, because PEFT matches plain names by suffix and "ff_out" is also the output head.
+        "target_modules": rf".*blocks\.\d+\.({'|'.join(targets)})",
+        "bias": "none", "base_model_name_or_path": base_model, "fan_in_fan_out": False,
+        "use_rslora": False, "use_dora": False, "inference_mode": True,
+    }
+    with atomic_dir(folder) as tmp:
+        save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        with open(tmp / "adapter_config.json", "w") as f:
+            json.dump(config, f, indent=2)
+
+
+def load_adapter(model: LLaDA, folder, dropout: float | None = None) -> LLaDA:
+    """Apply LoRA as described by adapter_config.json and load its weights (every key and shape checked)."""
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no adapter_config.json: not a LoRA adapter folder")
+    with open(folder / "adapter_config.json") as f:
+        cfg = json.load(f)
+    tensors = load_file(folder / "adapter_model.safetensors")
+    targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors})
+    apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0) if dropout is None else dropout, targets)
+    expected = set()
+    for name, m in lora_modules(model):
+        for ab in ("lora_A", "lora_B"):
+            key = peft_key(name, ab)
+            expected.add(key)
+            if key not in tensors:
+                raise KeyError(f"adapter {folder} is missing {key!r}")
+            p = getattr(m, ab)
+            if tensors[key].shape != p.shape:
+                raise ValueError(f"shape mismatch for {key!r}: adapter has {tuple(tensors[key].shape)}, model wants {tuple(p.shape)}")
+            with torch.no_grad():
+                p.copy_(tensors[key])
+    extra = set(tensors) - expected
+    if extra:
+        raise KeyError(f"adapter {folder} has tensors the model has no place for, e.g. {sorted(extra)[:3]}")
+    return model
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer
+
+# LLaDA-8B-Instruct's chat template, written from its description: BOS, then each message as
+# <|start_header_id|>role<|end_header_id|>\n\n content.strip() <|eot_id|>, and ALWAYS an assistant header at the end.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+)
+SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def load_tokenizer(path_or_hub_id: str | os.PathLike):
+    """AutoTokenizer from the checkpoint folder (a fast tokenizer: no remote code is needed)."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(resolve_checkpoint(path_or_hub_id)))
+
+
+def special_ids(tokenizer) -> dict:
+    """The ids the model and sampler need, read from the tokenizer (126336 etc. for the release)."""
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in [
+        ("bos_token_id", "<|startoftext|>"), ("eos_token_id", "<|endoftext|>"), ("mask_token_id", "<|mdm_mask|>")]}
+    ids["pad_token_id"] = ids["eos_token_id"]
+    return ids
+
+
+def make_char_tokenizer(alphabet: str | None = None):
+    """A character-level tokenizer with LLaDA's special tokens and chat template, for tiny models and tests.
+    Built with the `tokenizers` library; save it with .save_pretrained(folder) next to a checkpoint."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    if alphabet is None:
+        alphabet = "\n" + "".join(chr(c) for c in range(32, 127))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + ["<unk>"])}
+    for ch in alphabet:
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
+    tok.decoder = decoders.Fuse()  # join characters back without spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        unk_token="<unk>", mask_token="<|mdm_mask|>", additional_special_tokens=SPECIAL_TOKENS[3:])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
