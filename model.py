@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -268,6 +269,10 @@ class LLaDA(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike, tokenizer=None, max_shard_bytes: int = 5 * 2**30):
         """Write config.json + safetensors (one file, or shards + index) atomically. LoRA must be merged first."""
+        with atomic_dir(folder) as tmp:
+            self.write_files(tmp, tokenizer, max_shard_bytes)
+
+    def write_files(self, folder: Path, tokenizer=None, max_shard_bytes: int = 5 * 2**30):
         from safetensors.torch import save_file
         if any(isinstance(m, LoRALinear) for m in self.modules()):
             raise ValueError("merge_lora(model) before save_pretrained (or save the adapter with save_adapter)")
@@ -281,22 +286,21 @@ class LLaDA(nn.Module):
             current[k] = v
             size += nbytes
         shards.append(current)
-        with atomic_dir(folder) as tmp:
-            with open(tmp / "config.json", "w") as f:
-                json.dump(self.config.to_dict(), f, indent=2)
-            if len(shards) == 1:
-                save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
-            else:
-                weight_map = {}
-                for i, shard in enumerate(shards):
-                    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                    save_file(shard, tmp / name, metadata={"format": "pt"})
-                    weight_map.update({k: name for k in shard})
-                total = sum(v.numel() * v.element_size() for v in tensors.values())
-                with open(tmp / "model.safetensors.index.json", "w") as f:
-                    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+        with open(folder / "config.json", "w") as f:
+            json.dump(self.config.to_dict(), f, indent=2)
+        if len(shards) == 1:
+            save_file(shards[0], folder / "model.safetensors", metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, folder / name, metadata={"format": "pt"})
+                weight_map.update({k: name for k in shard})
+            total = sum(v.numel() * v.element_size() for v in tensors.values())
+            with open(folder / "model.safetensors.index.json", "w") as f:
+                json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
 
 
 def checkpoint_key(state_dict_key: str) -> str:
@@ -358,6 +362,36 @@ def atomic_dir(folder: str | os.PathLike):
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# -----------------------------------------------------------------------------
+# The forward (masking) process, shared by SFT and the RL log-prob estimator
+
+
+def example_generator(*keys) -> torch.Generator:
+    """A CPU generator seeded from a tuple such as (seed, step, global_example_index, inner_step).
+    Keying randomness on the GLOBAL example index (never the rank) makes a batch split over N processes
+    draw exactly the numbers one process would, and lets policy/old/reference passes reuse one mask."""
+    digest = hashlib.sha256(repr(tuple(int(k) for k in keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def row_uniforms(gens: list[torch.Generator], attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) float32 uniforms; row i draws one number per REAL token (attention_mask 1) from gens[i], so the
+    draws do not depend on how much padding the batch adds. Padding positions get 1.0 (never below p)."""
+    u = torch.ones(attention_mask.shape, dtype=torch.float32)
+    real = attention_mask.bool().cpu()
+    for i, g in enumerate(gens):
+        u[i, real[i]] = torch.rand(int(real[i].sum()), generator=g)
+    return u.to(attention_mask.device)
+
+
+def mask_tokens(ids: torch.Tensor, maskable: torch.Tensor, p: torch.Tensor | float, u: torch.Tensor, mask_id: int):
+    """The forward process of masked diffusion: each maskable token becomes [MASK] with probability p.
+    ids, maskable (bool), u (uniforms) all (B, L); p a float or (B,) per-row rates. Returns (noisy ids, masked)."""
+    p = torch.as_tensor(p, dtype=u.dtype, device=u.device)
+    masked = maskable & (u < (p[:, None] if p.dim() == 1 else p))
+    return ids.masked_fill(masked, mask_id), masked
 
 
 # -----------------------------------------------------------------------------
@@ -447,6 +481,11 @@ def peft_key(name: str, ab: str) -> str:
 
 def save_adapter(model: LLaDA, folder, base_model: str = "GSAI-ML/LLaDA-8B-Instruct"):
     """adapter_model.safetensors + adapter_config.json, loadable by `peft.PeftModel.from_pretrained`."""
+    with atomic_dir(folder) as tmp:
+        write_adapter_files(model, tmp, base_model)
+
+
+def write_adapter_files(model: LLaDA, folder: Path, base_model: str):
     from safetensors.torch import save_file
     mods = lora_modules(model)
     if not mods:
@@ -464,10 +503,9 @@ def save_adapter(model: LLaDA, folder, base_model: str = "GSAI-ML/LLaDA-8B-Instr
         "bias": "none", "base_model_name_or_path": base_model, "fan_in_fan_out": False,
         "use_rslora": False, "use_dora": False, "inference_mode": True,
     }
-    with atomic_dir(folder) as tmp:
-        save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
-        with open(tmp / "adapter_config.json", "w") as f:
-            json.dump(config, f, indent=2)
+    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    with open(folder / "adapter_config.json", "w") as f:
+        json.dump(config, f, indent=2)
 
 
 def load_adapter(model: LLaDA, folder, dropout: float | None = None) -> LLaDA:
@@ -497,6 +535,52 @@ def load_adapter(model: LLaDA, folder, dropout: float | None = None) -> LLaDA:
     if extra:
         raise KeyError(f"adapter {folder} has tensors the model has no place for, e.g. {sorted(extra)[:3]}")
     return model
+
+
+# -----------------------------------------------------------------------------
+# Training checkpoints (shared by sft.py and diffu_grpo.py)
+
+
+def save_checkpoint(folder, model: LLaDA, optimizer=None, state: dict | None = None, tokenizer=None,
+                    base_model: str = ""):
+    """One folder, written atomically: the adapter (PEFT layout) when the model has LoRA, else the full model
+    (HF layout), so `--adapter folder` / `--model folder` load it directly; plus optimizer.pt (torch.save of
+    the optimizer state: tensors and numbers, loadable with weights_only=True) and state.json (step, args, ...)."""
+    with atomic_dir(folder) as tmp:
+        if lora_modules(model):
+            write_adapter_files(model, tmp, base_model)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        else:
+            model.write_files(tmp, tokenizer)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        with open(tmp / "state.json", "w") as f:
+            json.dump(state or {}, f, indent=2, default=str)
+
+
+def load_checkpoint_state(folder, model: LLaDA, optimizer=None) -> dict:
+    """Restore what save_checkpoint wrote into an already built model (with LoRA applied if it was LoRA)."""
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a training checkpoint (no state.json)")
+    if lora_modules(model):
+        tensors = load_file(folder / "adapter_model.safetensors")
+        for name, m in lora_modules(model):
+            for ab in ("lora_A", "lora_B"):
+                with torch.no_grad():
+                    getattr(m, ab).copy_(tensors[peft_key(name, ab)])
+    else:
+        src = LLaDA.from_pretrained(folder, dtype=next(model.parameters()).dtype, device="cpu")
+        with torch.no_grad():
+            for p, q in zip(model.state_dict().values(), src.state_dict().values()):
+                p.copy_(q)
+    if optimizer is not None:
+        device = next(model.parameters()).device
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+    with open(folder / "state.json") as f:
+        return json.load(f)
 
 
 # -----------------------------------------------------------------------------
