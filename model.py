@@ -233,12 +233,15 @@ class LLaDA(nn.Module):
         """(..., D) -> logits (..., V). The 126k-wide output head: call it only where logits are needed."""
         return self.transformer.ff_out(h)[..., : self.config.vocab_size]
 
-    def forward(self, input_ids, attention_mask=None, positions: slice | torch.Tensor | None = None):
-        """Logits (B, L, V), or (B, P, V) for `positions` (a slice or 1-D index tensor along the sequence)."""
+    def forward(self, input_ids, attention_mask=None, positions: slice | torch.Tensor | None = None,
+                return_hidden: bool = False):
+        """Logits (B, L, V), or (B, P, V) for `positions` (a slice or 1-D index tensor along the sequence).
+        return_hidden=True returns the final hidden states (B, P, D) instead, for callers that apply the head in
+        chunks (going through forward keeps DDP/FSDP hooks intact)."""
         h = self.hidden_states(input_ids, attention_mask)
         if positions is not None:
             h = h[:, positions]
-        return self.head(h)
+        return h if return_hidden else self.head(h)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
