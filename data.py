@@ -1,0 +1,590 @@
+"""Task data for d1: prompts, dataset loading (hub / d1 repository files / local files), synthetic generators, SFT data.
+
+An example is a plain dict {"task", "id", "prompt", "target"}: "prompt" is the user message (not yet templated;
+`format_prompt` applies the chat template), "id" a stable string "<task>/<source split>/<row index in the source>",
+and "target" follows rewards.py: gsm8k = the GSM8K answer text (with "#### n"), math = the reference solution text
+(or the final answer when there is no solution), countdown = (numbers: list[int], target: int), sudoku =
+(puzzle, solution) as 16-character strings, '0' = blank. Generated examples also carry "solution".
+
+The prompt strings are d1's exact strings (public d1 code): results are only comparable with the same prompts.
+
+Deliberate differences from d1:
+- Validation split (d1 had none and selected checkpoints on the test set). "val" is a held-out slice of the
+  TRAINING data, never the test set: the training data is shuffled with numpy's default_rng(42) permutation
+  (exactly what d1's `datasets.shuffle(seed=42)` does) and val = the last min(N, n // 10) items, "train" the rest.
+  Countdown and Sudoku: N = 500, i.e. val is exactly the 500 items d1 set aside and never used, so "train" is
+  d1's training set. GSM8K and MATH: N = 256, i.e. these 256 problems are removed from d1's training set.
+- Countdown train/val: items whose numbers (as a multiset) and target equal a test item are removed (d1 trained
+  on them); the count is printed.
+- Local files are validated: a malformed row raises (file, row, field) instead of being skipped; anything that
+  is filtered on purpose (Countdown items without 3 numbers, as d1) is counted and printed.
+- GSM8K answers without "####" (e.g. a bare number in a local file) become "#### <answer>".
+- Synthetic Sudoku/Countdown generators (unique-solution puzzles, guaranteed-solvable Countdown) for tiny CPU runs.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import random
+import re
+import tempfile
+import urllib.request
+import zlib
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+TASKS = ("gsm8k", "math", "countdown", "sudoku")
+SPLITS = ("train", "val", "test")
+STYLES = ("rl", "eval", "compact")
+
+# -----------------------------------------------------------------------------
+# Prompts (d1's exact strings; see ../shared/data/d1_prompts.json)
+
+RL_FORMAT = "\nRespond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
+SUDOKU_SYSTEM = (
+    "\nPlease solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading "
+    "left-to-right, top-to-bottom, where '0' represents empty cells.\n\nRules:\n- Fill empty cells with digits 1-4\n"
+    "- Each row must contain digits 1-4 exactly once\n- Each column must contain digits 1-4 exactly once\n"
+    "- Each 2x2 box must contain digits 1-4 exactly once\n\nImportant: Your solution must be a COMPLETE "
+    "16-character string with only the digits 1-4, representing your final solved grid.\n\nRespond in this exact "
+    "format:\n<reasoning>\nYour step-by-step solving process\n</reasoning>\n<answer>\n"
+    "[16-character solution string with no spaces or separators]\n</answer>\n")
+RL_MATH_INTRO = ("\n\nYou are a math expert. You will be given a question to solve. Solve it step by step. "
+                 "Wrap the final answer in a \\boxed{}. \n\n")
+RL_COUNTDOWN = (
+    "\nUsing only the numbers {nums}, create an arithmetic expression that evaluates to exactly {target}. You must "
+    "use all numbers from the list, and each number must be used exactly once. You may use the operations +, -, *, "
+    "and / as needed. After reasoning, provide only your final expression inside <answer></answer> tags without "
+    "including an equals sign or the target number. For example, if the numbers are [2, 3, 4] and the target is 5, "
+    "a valid answer is: <answer>\n2*4-3\n</answer>")
+_EVAL_FORMAT = "Respond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>"
+_MATH_EXPERT = ("You are a math expert. You will be given a question to solve. Solve it step by step. "
+                "Wrap the final answer in a \\boxed{}.")
+EVAL_SYSTEM = {  # GSM8K and MATH differ on purpose: d1's strings (a space after "{}." vs a stray '" ' at the end)
+    "gsm8k": _MATH_EXPERT + " \n" + _EVAL_FORMAT,
+    "math": _MATH_EXPERT + "\n" + _EVAL_FORMAT + "\" \n",
+    "countdown": (
+        "Using only the provided numbers, create an arithmetic expression that evaluates to exactly the provided "
+        "target number. You may use the operations +, -, *, and / as needed, but each number must be used exactly "
+        "once. Think step-by-step. After reasoning, provide only your final expression inside \\boxed{} tags "
+        "without including an equals sign or the target number. For example: \\boxed{a + b * c}" + _EVAL_FORMAT),
+    "sudoku": SUDOKU_SYSTEM,
+}
+EVAL_PREFILL = "<reasoning>"
+SFT_SYSTEM = "\nRespond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n<answer>\n...\n</answer>\n"
+
+
+def _nums(f: dict) -> list[int]:
+    return [int(n) for n in f["nums"]]  # plain ints: the Python list repr is part of the prompt ("[30, 100, 93]")
+
+
+def _question(task: str, f: dict, style: str) -> str:
+    if task == "gsm8k":
+        return f["question"]
+    if task == "math":
+        return f["problem"]
+    if task == "countdown":
+        return f"Numbers: {_nums(f)}\nTarget: {int(f['target'])}"
+    return f["puzzle"] if style == "compact" else f"Solve the following Sudoku puzzle: {f['puzzle']}\n"
+
+
+def user_message(task: str, fields: dict, style: str = "rl") -> str:
+    """The user message of one example. fields: gsm8k {question}, math {problem}, countdown {nums, target},
+    sudoku {puzzle}. style: "rl" (d1 training prompts), "eval" (d1 evaluation prompts) or "compact" (the bare
+    question, for tiny character-level models)."""
+    _check(task, TASKS, "task")
+    _check(style, STYLES, "style")
+    if style == "compact":
+        return _question(task, fields, style)
+    if style == "eval":
+        return EVAL_SYSTEM[task] + "\n\n" + _question(task, fields, style)
+    if task == "gsm8k":
+        return RL_FORMAT + "\n\n" + fields["question"]
+    if task == "math":
+        return RL_FORMAT + RL_MATH_INTRO + fields["problem"]
+    if task == "countdown":
+        return RL_FORMAT + RL_COUNTDOWN.format(nums=_nums(fields), target=int(fields["target"]))
+    return SUDOKU_SYSTEM + "\n\n" + _question(task, fields, style)
+
+
+def sft_user_message(question: str) -> str:
+    """d1's SFT user message: SFT system text + blank line + question."""
+    return SFT_SYSTEM + "\n\n" + question
+
+
+def sft_answer(thinking: str, attempt: str) -> str:
+    """d1's SFT answer format (no newlines inside the tags)."""
+    return f"<reasoning>{thinking}</reasoning>\n<answer>{attempt}</answer>"
+
+
+def format_prompt(tokenizer, user_text: str, prefill: str = "") -> str:
+    """Chat template applied to one user message (LLaDA's template ends with the assistant header) + prefill."""
+    messages = [{"role": "user", "content": user_text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
+
+
+def _check(value, allowed, what):
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {allowed}")
+
+
+def _log(msg: str):
+    # print, not logging: scripts here do not configure logging, and these counts must be seen
+    print(f"data: {msg}", flush=True)
+
+
+# -----------------------------------------------------------------------------
+# Reading rows: d1 repository files, the hub, local files
+
+D1_RAW_URL = "https://raw.githubusercontent.com/dllm-reasoning/d1/main/dataset/"
+# where each (task, source split) comes from when no path is given: ("hub", name, config, split) or ("d1", file)
+SOURCES = {
+    ("gsm8k", "train"): ("hub", "openai/gsm8k", "main", "train"),
+    ("gsm8k", "test"): ("hub", "openai/gsm8k", "main", "test"),
+    ("math", "train"): ("hub", "ankner/math-500", None, "train"),
+    ("math", "test"): ("hub", "HuggingFaceH4/MATH-500", None, "test"),
+    ("countdown", "train"): ("hub", "Jiayi-Pan/Countdown-Tasks-3to4", None, "train"),
+    ("countdown", "test"): ("d1", "countdown_cd3_test.jsonl"),
+    ("sudoku", "train"): ("d1", "4x4_sudoku_unique_puzzles.csv"),
+    ("sudoku", "test"): ("d1", "4x4_test_sudoku.csv"),
+}
+HOLDOUT = {"gsm8k": 256, "math": 256, "countdown": 500, "sudoku": 500}  # val size cap (see module docstring)
+SHUFFLE_SEED = 42
+
+
+def d1_file(name: str, cache_dir: str | os.PathLike | None = None, base_url: str = D1_RAW_URL) -> Path:
+    """A file of d1's `dataset/` folder, downloaded once into cache_dir (default ~/.cache/d1, or $D1_CACHE)."""
+    cache = Path(cache_dir or os.environ.get("D1_CACHE") or Path.home() / ".cache" / "d1").expanduser()
+    dest = cache / name
+    if dest.exists():
+        return dest
+    cache.mkdir(parents=True, exist_ok=True)
+    url = base_url + name
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            out.write(resp.read())
+        os.replace(tmp, dest)  # atomic: a crash never leaves a truncated file under the final name
+    except OSError as e:  # URLError, timeouts, disk errors
+        Path(tmp).unlink(missing_ok=True)
+        raise RuntimeError(f"could not download {url} ({e}). Offline? Download it elsewhere and save it as {dest}, "
+                           "or pass a local path instead (path=..., or test_path=... for the Countdown test file)") from e
+    return dest
+
+
+def _hub_rows(name: str, config: str | None, split: str) -> list[dict]:
+    try:
+        import datasets  # lazy: importing datasets is slow and only needed here
+    except ImportError as e:
+        raise ImportError(f"loading {name} from the hub needs `datasets` (pip install datasets), "
+                          "or pass a local file with path=...") from e
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # network, auth and hub errors come in many types; re-raised with the fix
+        raise RuntimeError(f"could not load {name} ({config or 'default'}, {split}) from the hub: {e}. "
+                           "Offline? Save the split as JSONL/CSV/Parquet elsewhere and pass path=...") from e
+    return ds.to_list()
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """Rows of a local .jsonl, .json (a list of objects), .csv or .parquet file, as dicts. Errors name the file and
+    the row (1-based record number)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    ext = path.suffix.lower()
+    if ext == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}: row {len(rows) + 1}: invalid JSON ({e})") from e
+    elif ext == ".json":
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
+    elif ext == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))  # all values stay strings: Sudoku's leading zeros survive
+    elif ext == ".parquet":
+        rows = _read_parquet(path)
+    else:
+        raise ValueError(f"{path}: unsupported extension {ext!r} (use .jsonl, .json, .csv or .parquet)")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: row {i + 1}: expected an object, got {type(row).__name__}")
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    try:  # both come with `datasets`
+        import pandas as pd
+        import pyarrow  # noqa: F401  (pandas' parquet engine)
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs {e.name} (pip install pandas pyarrow)") from e
+    return pd.read_parquet(path).to_dict("records")  # list cells arrive as numpy arrays: the parsers accept them
+
+
+def _raw_rows(task: str, source_split: str, path) -> tuple[list[dict], str]:
+    if path is not None:
+        return read_rows(path), str(path)
+    src = SOURCES[(task, source_split)]
+    if src[0] == "d1":
+        file = d1_file(src[1])
+        return read_rows(file), str(file)
+    return _hub_rows(*src[1:]), f"{src[1]}:{src[3]}"
+
+
+# -----------------------------------------------------------------------------
+# Row parsing and validation: each parser returns (prompt fields, target) or raises naming file/row/field
+
+
+def _field(row: dict, names: tuple, src: str, i: int):
+    for name in names:
+        if row.get(name) is not None:
+            return row[name]
+    raise ValueError(f"{src}: row {i + 1}: missing field {names[0]!r}" + (f" (or {names[1:]})" if names[1:] else ""))
+
+
+def _text(row, names, src, i) -> str:
+    v = _field(row, names, src, i)
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError(f"{src}: row {i + 1}: field {names[0]!r} must be a non-empty string, got {v!r}")
+    return v
+
+
+def _as_int(v) -> int:
+    if isinstance(v, (bool, np.bool_)):
+        raise ValueError(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    if isinstance(v, str) and re.fullmatch(r"\s*[+-]?\d+\s*", v):
+        return int(v)
+    raise ValueError(v)
+
+
+def _parse_gsm8k(row, src, i):
+    q = _text(row, ("question",), src, i)
+    a = _field(row, ("answer",), src, i)
+    if isinstance(a, bool) or not isinstance(a, (str, int, float)) or not str(a).strip():
+        raise ValueError(f"{src}: row {i + 1}: field 'answer' must be a non-empty string or a number, got {a!r}")
+    a = str(a).strip()
+    return {"question": q}, a if "####" in a else f"#### {a}"  # rewards read the text after "####"
+
+
+def _parse_math(row, src, i):
+    p = _text(row, ("problem",), src, i)
+    for name in ("solution", "answer"):  # the full reference solution when present: rewards take its last \boxed{}
+        v = row.get(name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)
+        if isinstance(v, str) and v.strip():
+            return {"problem": p}, v
+    raise ValueError(f"{src}: row {i + 1}: missing field 'solution' (or 'answer'): a non-empty string is required")
+
+
+def _parse_countdown(row, src, i):
+    nums = _field(row, ("nums", "numbers", "input"), src, i)
+    if isinstance(nums, str):  # d1's "30,100,93" or a CSV cell "[30, 100, 93]"
+        nums = nums.strip().strip("[]").split(",")
+    try:
+        nums = [_as_int(v) for v in nums]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{src}: row {i + 1}: field 'nums': numbers must be integers, got {nums!r}") from e
+    if not nums:
+        raise ValueError(f"{src}: row {i + 1}: field 'nums' is empty")
+    target = _field(row, ("target", "output"), src, i)
+    try:
+        target = _as_int(target)
+    except ValueError as e:
+        raise ValueError(f"{src}: row {i + 1}: field 'target' must be an integer, got {target!r}") from e
+    return {"nums": nums, "target": target}, (nums, target)
+
+
+def _parse_sudoku(row, src, i):
+    puzzle = _field(row, ("puzzle", "Puzzle"), src, i)
+    solution = _field(row, ("solution", "Solution"), src, i)
+    if not (isinstance(puzzle, str) and re.fullmatch(r"[0-4]{16}", puzzle.strip())):
+        raise ValueError(f"{src}: row {i + 1}: field 'puzzle' must be 16 digits 0-4 ('0' = blank), got {puzzle!r}")
+    puzzle, solution = puzzle.strip(), str(solution).strip()
+    if solution not in _grid_set():
+        raise ValueError(f"{src}: row {i + 1}: field 'solution' is not a valid 4x4 Sudoku grid: {solution!r}")
+    if any(p != "0" and p != s for p, s in zip(puzzle, solution)):
+        raise ValueError(f"{src}: row {i + 1}: field 'solution' disagrees with the puzzle's given digits")
+    return {"puzzle": puzzle}, (puzzle, solution)
+
+
+PARSERS = {"gsm8k": _parse_gsm8k, "math": _parse_math, "countdown": _parse_countdown, "sudoku": _parse_sudoku}
+
+
+def make_example(task: str, fields: dict, target, id: str, style: str = "rl") -> dict:
+    """The example dict every script consumes."""
+    return {"task": task, "id": id, "prompt": user_message(task, fields, style), "target": target}
+
+
+def restore_target(task: str, target):
+    """A target after a JSON round trip (tuples became lists) back in its in-memory form."""
+    if task == "countdown":
+        nums, t = target
+        return [int(n) for n in nums], int(t)
+    if task == "sudoku":
+        return tuple(target)
+    return target
+
+
+def countdown_key(nums, target) -> tuple:
+    """Identity of a Countdown item: numbers as a multiset (sorted tuple) and the target."""
+    return tuple(sorted(int(n) for n in nums)), int(target)
+
+
+def sudoku_test_indices() -> list[int]:
+    """Row indices of d1's 256-puzzle Sudoku subset, in d1's order. RandomState(42) draws the same numbers as
+    d1's `np.random.seed(42); np.random.choice(500, 256, replace=False)` without touching the global state."""
+    return np.random.RandomState(42).choice(500, 256, replace=False).tolist()
+
+
+def load_task(task: str, split: str, path=None, style: str = "rl", limit: int | None = None,
+              *, test_path=None) -> list[dict]:
+    """Examples of one task and split ("train", "val" or "test"). path: a local file with the task's raw fields
+    (the training file for train/val, the test file for test); None downloads the source (tasks.md).
+    test_path: Countdown train/val only, the test file whose items are removed from training (default: d1's)."""
+    _check(task, TASKS, "task")
+    _check(split, SPLITS, "split")
+    source_split = "test" if split == "test" else "train"  # val is carved out of the training data
+    rows, src = _raw_rows(task, source_split, path)
+    items = [(i, *PARSERS[task](row, src, i)) for i, row in enumerate(rows)]  # (row index, fields, target)
+    if source_split == "train":
+        if task == "countdown":  # d1 trains on the 3-number items only
+            n = len(items)
+            items = [it for it in items if len(it[1]["nums"]) == 3]
+            _log(f"countdown {src}: kept {len(items)} of {n} items with 3 numbers ({n - len(items)} filtered out)")
+        order = np.random.default_rng(SHUFFLE_SEED).permutation(len(items))  # == datasets' shuffle(seed=42)
+        items = [items[j] for j in order]
+        k = min(HOLDOUT[task], len(items) // 10)
+        items = items[len(items) - k:] if split == "val" else items[:len(items) - k]
+        if task == "countdown":
+            test_keys = {countdown_key(*ex["target"]) for ex in load_task("countdown", "test", test_path)}
+            n = len(items)
+            items = [it for it in items if countdown_key(*it[2]) not in test_keys]
+            _log(f"countdown {split}: removed {n - len(items)} of {n} items that equal a test item "
+                 f"(numbers as a multiset and target); {len(items)} left")
+    elif task == "sudoku":
+        if len(items) == 500:
+            items = [items[j] for j in sudoku_test_indices()]
+        else:
+            _log(f"sudoku test {src}: {len(items)} rows, not d1's 500: using all rows, not d1's 256-row subset")
+    items = items[:limit] if limit is not None else items  # before building prompts: Countdown has ~490k items
+    return [make_example(task, f, t, f"{task}/{source_split}/{i}", style) for i, f, t in items]
+
+
+def load_tasks(spec: str, split: str, path=None, style: str = "rl", limit: int | None = None,
+               *, test_path=None) -> list[dict]:
+    """One task or a comma-separated mix ("gsm8k,countdown"): the concatenation, each example keeping its "task".
+    path: None, or one comma-separated path per task; limit applies per task."""
+    tasks = [t.strip() for t in spec.split(",") if t.strip()]
+    paths = [None] * len(tasks) if path is None else [p.strip() or None for p in str(path).split(",")]
+    if len(paths) != len(tasks):
+        raise ValueError(f"{len(tasks)} tasks ({spec!r}) but {len(paths)} paths ({path!r})")
+    return [ex for t, p in zip(tasks, paths) for ex in load_task(t, split, p, style, limit, test_path=test_path)]
+
+
+# -----------------------------------------------------------------------------
+# Synthetic data: 4x4 Sudoku with unique solutions, solvable 3-number Countdown
+
+# the 8 other cells sharing a row, column or 2x2 box with each cell
+_PEERS = [sorted(({r * 4 + j for j in range(4)} | {i * 4 + c for i in range(4)}
+                  | {(r // 2 * 2 + i) * 4 + c // 2 * 2 + j for i in range(2) for j in range(2)}) - {r * 4 + c})
+          for r in range(4) for c in range(4)]
+
+
+def _count(cells: list[int], limit: int) -> int:
+    try:
+        k = cells.index(0)
+    except ValueError:
+        return 1
+    found = 0
+    for d in range(1, 5):
+        if all(cells[p] != d for p in _PEERS[k]):
+            cells[k] = d
+            found += _count(cells, limit - found)
+            cells[k] = 0
+            if found >= limit:
+                break
+    return found
+
+
+def count_solutions(puzzle: str, limit: int = 2) -> int:
+    """Number of solutions of a 4x4 puzzle ('0' = blank), counting stops at `limit`."""
+    cells = [int(ch) for ch in puzzle]
+    if any(d and any(cells[p] == d for p in _PEERS[k]) for k, d in enumerate(cells)):
+        return 0  # the givens already clash
+    return _count(cells, limit)
+
+
+@functools.lru_cache(maxsize=1)
+def _all_grids() -> tuple[str, ...]:
+    grids = []
+
+    def fill(cells, k):
+        if k == 16:
+            grids.append("".join(map(str, cells)))
+            return
+        for d in range(1, 5):
+            if all(cells[p] != d for p in _PEERS[k] if p < k):
+                cells[k] = d
+                fill(cells, k + 1)
+                cells[k] = 0
+
+    fill([0] * 16, 0)
+    assert len(grids) == 288, len(grids)
+    return tuple(grids)
+
+
+@functools.lru_cache(maxsize=1)
+def _grid_set() -> frozenset:
+    return frozenset(_all_grids())
+
+
+def all_sudoku_grids() -> list[str]:
+    """All 288 valid 4x4 Sudoku grids, in lexicographic order."""
+    return list(_all_grids())
+
+
+def generate_sudoku(n: int, blanks: int | tuple[int, int] = (4, 10), seed: int = 0, grids=None,
+                    style: str = "compact") -> list[dict]:
+    """n distinct puzzles with a unique solution. Per puzzle: draw a grid (from `grids`, default all 288) and a
+    number of blanks in [lo, hi], blank cells in random order while the solution stays unique; when the greedy
+    pass cannot reach that number, retry with another grid and order. Deterministic per seed."""
+    lo, hi = (blanks, blanks) if isinstance(blanks, int) else blanks
+    if not 0 <= lo <= hi <= 12:  # a 4x4 Sudoku with a unique solution has at least 4 givens
+        raise ValueError(f"blanks must satisfy 0 <= lo <= hi <= 12, got {blanks}")
+    pool = all_sudoku_grids() if grids is None else list(grids)
+    if not pool or any(g not in _grid_set() for g in pool):
+        raise ValueError("grids must be a non-empty list of valid 4x4 Sudoku grids")
+    rng, out, seen = random.Random(seed), [], set()
+    for _ in range(100 * n + 1000):
+        if len(out) == n:
+            break
+        grid, k = rng.choice(pool), rng.randint(lo, hi)
+        cells, removed = list(grid), 0
+        for c in rng.sample(range(16), 16):
+            if removed == k:
+                break
+            cells[c] = "0"
+            if count_solutions("".join(cells)) == 1:
+                removed += 1
+            else:
+                cells[c] = grid[c]
+        puzzle = "".join(cells)
+        if removed == k and puzzle not in seen:
+            seen.add(puzzle)
+            out.append(make_example("sudoku", {"puzzle": puzzle}, (puzzle, grid), f"sudoku/gen{seed}/{len(out)}", style))
+    if len(out) < n:
+        raise RuntimeError(f"could only make {len(out)} of {n} distinct puzzles with {blanks} blanks from {len(pool)} grids")
+    return out
+
+
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+
+
+def generate_countdown(n: int, seed: int = 0, lo: int = 1, hi: int = 100, max_target: int = 100,
+                       style: str = "compact", keep: Callable[[tuple], bool] | None = None) -> list[dict]:
+    """n distinct 3-number Countdown items whose target (an integer in [1, max_target], like d1's test set) is the
+    value of a random expression using each number once with + - * / (exact fractions inside). The expression is
+    stored as "solution". keep(countdown_key) can reject items (used to keep splits disjoint)."""
+    rng, out, seen = random.Random(seed), [], set()
+    for _ in range(1000 * n + 1000):
+        if len(out) == n:
+            break
+        nums = [rng.randint(lo, hi) for _ in range(3)]
+        a, b, c = (Fraction(x) for x in rng.sample(nums, 3))  # expression order independent of the prompt's order
+        o1, o2 = rng.choice("+-*/"), rng.choice("+-*/")
+        try:
+            if rng.random() < 0.5:
+                value, expr = _OPS[o2](_OPS[o1](a, b), c), f"({a}{o1}{b}){o2}{c}"
+            else:
+                value, expr = _OPS[o1](a, _OPS[o2](b, c)), f"{a}{o1}({b}{o2}{c})"
+        except ZeroDivisionError:
+            continue
+        if value.denominator != 1 or not 1 <= value <= max_target:
+            continue
+        key = countdown_key(nums, value)
+        if key in seen or (keep is not None and not keep(key)):
+            continue
+        seen.add(key)
+        ex = make_example("countdown", {"nums": nums, "target": int(value)}, (nums, int(value)),
+                          f"countdown/gen{seed}/{len(out)}", style)
+        ex["solution"] = expr
+        out.append(ex)
+    if len(out) < n:
+        raise RuntimeError(f"could only make {len(out)} of {n} distinct Countdown items in [{lo}, {hi}]")
+    return out
+
+
+def _countdown_split(key: tuple) -> str:
+    # a stable hash of the item picks its split: disjoint by construction, for any seeds and sizes
+    b = zlib.crc32(repr(key).encode()) % 10
+    return "test" if b == 0 else "val" if b == 1 else "train"
+
+
+def synthetic_task(task: str, split: str, n: int, seed: int = 0, style: str = "compact",
+                   blanks: int | tuple[int, int] = (4, 10)) -> list[dict]:
+    """Generated train/val/test data. Sudoku: the 288 solution grids are split (by `seed`) 192/48/48 into
+    train/val/test, so test puzzles have unseen solutions. Countdown: each (numbers, target) item belongs to one
+    split by a stable hash. Puzzle sampling uses a seed distinct for every (seed, split)."""
+    _check(task, ("sudoku", "countdown"), "synthetic task")
+    _check(split, SPLITS, "split")
+    split_seed = 3 * seed + SPLITS.index(split)  # a bijection: no two (seed, split) pairs share a stream
+    if task == "sudoku":
+        grids = all_sudoku_grids()
+        random.Random(seed).shuffle(grids)
+        grids = {"test": grids[:48], "val": grids[48:96], "train": grids[96:]}[split]
+        out = generate_sudoku(n, blanks, split_seed, grids, style)
+    else:
+        out = generate_countdown(n, split_seed, style=style, keep=lambda key: _countdown_split(key) == split)
+    for i, ex in enumerate(out):
+        ex["id"] = f"{task}/synthetic-{split}-s{seed}/{i}"
+    return out
+
+
+# -----------------------------------------------------------------------------
+# SFT data
+
+
+def _first(v):
+    return v[0] if isinstance(v, (list, tuple, np.ndarray)) and len(v) else v
+
+
+def load_s1k(path=None) -> list[dict]:
+    """s1K as SFT pairs {"id", "prompt": d1's SFT user message, "answer": d1's <reasoning>/<answer> text}.
+    Uses the first of `thinking_trajectories`. path: a local copy with s1K's fields (else the hub)."""
+    rows, src = (read_rows(path), str(path)) if path is not None else (_hub_rows("simplescaling/s1K", None, "train"),
+                                                                        "simplescaling/s1K:train")
+    out = []
+    for i, row in enumerate(rows):
+        q = _text(row, ("question",), src, i)
+        thinking = _first(_field(row, ("thinking_trajectories",), src, i))
+        if not isinstance(thinking, str):
+            raise ValueError(f"{src}: row {i + 1}: field 'thinking_trajectories' must be a list of strings")
+        attempt = _text(row, ("attempt",), src, i)
+        out.append({"id": f"s1k/{i}", "prompt": sft_user_message(q), "answer": sft_answer(thinking, attempt)})
+    return out
+
+
+def load_sft_file(path) -> list[dict]:
+    """Your own SFT pairs: a local file whose rows have "prompt" (the user message, not templated) and "answer"
+    (the target text) strings."""
+    rows, src = read_rows(path), str(path)
+    return [{"id": f"sft/{Path(path).stem}/{i}", "prompt": _text(r, ("prompt",), src, i),
+             "answer": _text(r, ("answer",), src, i)} for i, r in enumerate(rows)]

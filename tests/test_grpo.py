@@ -1,0 +1,127 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffu_grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, step_prompts
+from model import apply_lora, example_generator, lora_disabled
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def batch(tokenizer, model, n=4, G=6, seed=0):
+    """Left-padded prompts of different lengths and random completions."""
+    texts = ["a", "bcd efg", "hi", "0123456789"][:n]
+    tokenizer.padding_side = "left"
+    enc = tokenizer([tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False) for t in texts],
+                    return_tensors="pt", padding=True, add_special_tokens=False)
+    comp = torch.randint(10, model.config.vocab_size, (n, G), generator=torch.Generator().manual_seed(seed))
+    return enc["input_ids"], enc["attention_mask"], comp
+
+
+def gens(seed, rows):
+    return [example_generator(seed, i) for i in rows]
+
+
+def test_estimator_equals_direct_computation(tiny_model, tokenizer):
+    ids, am, comp = batch(tokenizer, tiny_model)
+    mask_id, P = tiny_model.config.mask_token_id, ids.shape[1]
+    logp = completion_logprobs(tiny_model, ids, am, comp, gens(7, range(4)), 0.5, mask_id)
+    # the same mask, drawn by hand: one uniform per REAL prompt token from the row's generator
+    x = torch.full((4, P + comp.shape[1]), mask_id)
+    for i in range(4):
+        g = example_generator(7, i)
+        real = am[i].bool()
+        u = torch.rand(int(real.sum()), generator=g)
+        row = ids[i].clone()
+        pos = real.nonzero().squeeze(1)
+        row[pos[u < 0.5]] = mask_id
+        x[i, :P] = row
+    full_am = torch.cat([am, torch.ones_like(comp)], 1)
+    logits = tiny_model(x, full_am).float()[:, P:]
+    want = torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1)
+    torch.testing.assert_close(logp, want, rtol=1e-5, atol=1e-5)
+
+
+def test_mask_depends_only_on_seed_and_global_index(tiny_model, tokenizer):
+    ids, am, comp = batch(tokenizer, tiny_model)
+    mask_id = tiny_model.config.mask_token_id
+    whole = completion_logprobs(tiny_model, ids, am, comp, gens(3, range(4)), 0.15, mask_id)
+    # split as two ranks / two micro-batches would: rows keep their global index -> same numbers
+    halves = [completion_logprobs(tiny_model, ids[r], am[r], comp[r], gens(3, r), 0.15, mask_id)
+              for r in ([0, 1], [2, 3])]
+    torch.testing.assert_close(torch.cat(halves), whole, rtol=1e-5, atol=1e-5)
+    again = completion_logprobs(tiny_model, ids, am, comp, gens(3, range(4)), 0.15, mask_id)
+    assert torch.equal(again, whole)  # policy / old / reference passes see the same mask
+    other = completion_logprobs(tiny_model, ids, am, comp, gens(4, range(4)), 0.15, mask_id)
+    assert not torch.equal(other, whole)  # another inner step, another mask
+
+
+def test_completion_mask():
+    eos = 1
+    c = torch.tensor([[5, 6, 1, 1, 1], [5, 5, 5, 5, 5], [1, 7, 1, 8, 8]])
+    assert completion_mask(c, eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+def test_advantages():
+    r = torch.tensor([1.0, 0.0, 2.0, 5.0, 5.0, 5.0])
+    a = group_advantages(r, 3)
+    torch.testing.assert_close(a, torch.tensor([0.0, -1.0, 1.0, 0.0, 0.0, 0.0]))
+    s = group_advantages(r, 3, scale=True)
+    assert torch.allclose(s[:3], torch.tensor([0.0, -1.0, 1.0]), atol=1e-3) and s[3:].abs().max() == 0
+
+
+def lora_model(tiny_model):
+    m = apply_lora(tiny_model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return m
+
+
+def test_first_inner_step_is_plain_policy_gradient(tiny_model, tokenizer):
+    m = lora_model(tiny_model).train()
+    ids, am, comp = batch(tokenizer, m)
+    mask_id = m.config.mask_token_id
+    adv = torch.tensor([1.0, -0.5, 0.25, -0.75])
+    cm = torch.ones_like(comp, dtype=torch.float32)
+    cm[1, 3:] = 0
+    with torch.no_grad():  # the old policy, batched differently (as the no_grad pass of a real step)
+        old = torch.cat([completion_logprobs(m, ids[r], am[r], comp[r], gens(9, r), 0.15, mask_id)
+                         for r in ([0], [1, 2, 3])])
+    logp = completion_logprobs(m, ids, am, comp, gens(9, range(4)), 0.15, mask_id)
+    torch.testing.assert_close(torch.exp(logp - old), torch.ones_like(logp), rtol=0, atol=1e-5)  # ratio = 1
+    loss, _ = grpo_loss(logp, old, None, adv, cm, eps=0.2, beta=0.0, normalizer=cm.sum())
+    params = [p for p in m.parameters() if p.requires_grad]
+    g1 = torch.autograd.grad(loss, params)
+    logp2 = completion_logprobs(m, ids, am, comp, gens(9, range(4)), 0.15, mask_id)
+    pg = -(adv[:, None] * logp2 * cm).sum() / cm.sum()  # REINFORCE with the same normaliser
+    g2 = torch.autograd.grad(pg, params)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_tied_group_gives_no_gradient_and_kl_zero_at_reference(tiny_model, tokenizer):
+    m = apply_lora(tiny_model, r=4, alpha=8, dropout=0.0).train()  # B = 0: policy == reference
+    ids, am, comp = batch(tokenizer, m)
+    mask_id = m.config.mask_token_id
+    adv = group_advantages(torch.tensor([0.5, 0.5, 0.5, 0.5]), 4)  # one group, all rewards tied
+    cm = torch.ones_like(comp, dtype=torch.float32)
+    logp = completion_logprobs(m, ids, am, comp, gens(1, range(4)), 0.15, mask_id)
+    with torch.no_grad(), lora_disabled(m):
+        ref = completion_logprobs(m, ids, am, comp, gens(1, range(4)), 0.15, mask_id)
+    loss, stats = grpo_loss(logp, logp.detach(), ref, adv, cm, eps=0.5, beta=0.04, normalizer=cm.sum())
+    assert abs(stats["kl"]) < 1e-6
+    grads = torch.autograd.grad(loss, [p for p in m.parameters() if p.requires_grad])
+    assert max(g.abs().max() for g in grads) < 1e-8
+
+
+def test_step_prompts_cover_epochs():
+    seen = [i for s in range(5) for i in step_prompts(10, s, 4, seed=0)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
