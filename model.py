@@ -5,6 +5,7 @@ tokens hidden behind a [MASK] token. Everything the other scripts need from the 
 
     Config                 fields of the release `config.json` (+ presets: "tiny", "demo", "llada-8b")
     LLaDA                  the network; module names equal the checkpoint keys (minus the "model." prefix)
+    KVCache                an approximate key/value cache for the sampler's fast modes (Fast-dLLM)
     LLaDA.from_pretrained  local folder (sharded or single file) or hub id; explicit key map, shape checks
     model.save_pretrained  the same HF layout back (shards + index + config.json [+ tokenizer])
     LoRALinear, apply_lora, lora_disabled, merge_lora, save_adapter, load_adapter   (PEFT file layout)
@@ -171,17 +172,59 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(d, h, bias=False)
         self.ff_out = nn.Linear(h, d, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask):
+    def forward(self, x, cos, sin, attn_mask, kv_cache: "KVCache | None" = None, layer: int = 0):
         B, L, D = x.shape
         a = self.attn_norm(x)
         # (B, L, D) -> (B, H, L, hd)
         q, k, v = (p(a).view(B, L, self.n_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:  # keys/values of the whole cached sequence (B, H, L_cache, hd)
+            k, v = kv_cache.update(layer, k, v)
         # Bidirectional: no causal mask. attn_mask (B, 1, 1, L) bool, True = attend; None = attend to all.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
         x = x + self.attn_out(y.transpose(1, 2).reshape(B, L, D))
         f = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(f)) * self.up_proj(f))
+
+
+class KVCache:
+    """Per-layer keys and values of a whole sequence, for the sampler's approximate caches (Fast-dLLM).
+
+    A forward with an EMPTY cache runs the whole sequence (B, L) as usual and stores each layer's keys and
+    values (after RoPE), the RoPE angles and the padding mask. A later forward passes only the tokens of the
+    positions [start, start + W) of that sequence, input_ids (B, W), with `cache.start = start`: those positions
+    are recomputed, their fresh keys/values overwrite the stored ones, and they attend to every position of the
+    sequence (padding masked as stored). The other positions' keys/values are the stored ones, computed from the
+    sequence as it was when the cache was filled: exact while those positions and everything they attend to
+    are unchanged, an approximation after that (the sampler refreshes the cache once per block).
+    Inference only (the stored tensors are updated in place)."""
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []  # per layer (B, H, L, hd)
+        self.values: list[torch.Tensor] = []
+        self.cos = self.sin = None  # (B, 1, L, hd) fp32
+        self.attn_mask = None  # (B, 1, 1, L) bool or None
+        self.start = 0  # first position of the tokens a forward with a filled cache is given
+
+    @property
+    def filled(self) -> bool:
+        return bool(self.keys)
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (filling) or overwrite (positions [start, start + W)) layer `layer`'s k, v (B, H, W, hd);
+        return the keys and values of the whole sequence."""
+        if layer == len(self.keys):  # filling: k, v cover the whole sequence
+            self.keys.append(k)
+            self.values.append(v)
+            return k, v
+        K, V = self.keys[layer], self.values[layer]
+        K[:, :, self.start:self.start + k.shape[2]] = k
+        V[:, :, self.start:self.start + v.shape[2]] = v
+        return K, V
 
 
 class LLaDA(nn.Module):
@@ -198,7 +241,9 @@ class LLaDA(nn.Module):
 
     def init_weights(self, seed: int = 0, std: float = 0.02):
         """Random init for from-scratch training and random-weight benchmarks (normal, residual-scaled)."""
-        g = torch.Generator().manual_seed(seed)
+        # Drawn on the parameters' device (a model built directly on a GPU never round-trips through the CPU).
+        device = next(self.parameters()).device
+        g = torch.Generator(device).manual_seed(seed)
         for name, p in self.named_parameters():
             if p.dim() == 1:
                 nn.init.ones_(p)
@@ -206,27 +251,40 @@ class LLaDA(nn.Module):
             residual = ".blocks." in name and name.endswith(("attn_out.weight", "ff_out.weight"))
             s = std / math.sqrt(2 * self.config.n_layers) if residual else std  # GPT-2 style residual scaling
             with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=g) * s)
+                p.copy_(torch.randn(p.shape, generator=g, device=device) * s)
         return self
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, L), attention_mask (B, L) 1 = real token, 0 = padding -> final hidden (B, L, D)."""
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      kv_cache: KVCache | None = None) -> torch.Tensor:
+        """input_ids (B, L), attention_mask (B, L) 1 = real token, 0 = padding -> final hidden (B, L, D).
+        kv_cache (sampler fast modes, see KVCache): empty = run as usual and fill it; filled = input_ids (B, W)
+        are the tokens of positions [kv_cache.start, kv_cache.start + W) of the cached sequence, whose RoPE
+        angles and padding mask come from the cache (attention_mask is then ignored) -> (B, W, D)."""
         B, L = input_ids.shape
-        if attention_mask is None:
-            positions = torch.arange(L, device=input_ids.device).expand(B, L)
-            attn_mask = None
+        if kv_cache is not None and kv_cache.filled:
+            a = kv_cache.start
+            if a < 0 or a + L > kv_cache.length:
+                raise ValueError(f"positions [{a}, {a + L}) lie outside the cached sequence of length {kv_cache.length}")
+            cos, sin = kv_cache.cos[:, :, a:a + L], kv_cache.sin[:, :, a:a + L]
+            attn_mask = kv_cache.attn_mask  # keys: the whole cached sequence
         else:
-            # Positions count real tokens only, so a left-padded prompt sees the same RoPE angles as unpadded.
-            attention_mask = attention_mask.bool()
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            attn_mask = attention_mask[:, None, None, :]  # (B, 1, 1, L): mask padding KEYS only
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+            if attention_mask is None:
+                positions = torch.arange(L, device=input_ids.device).expand(B, L)
+                attn_mask = None
+            else:
+                # Positions count real tokens only, so a left-padded prompt sees the same RoPE angles as unpadded.
+                attention_mask = attention_mask.bool()
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                attn_mask = attention_mask[:, None, None, :]  # (B, 1, 1, L): mask padding KEYS only
+            cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+            if kv_cache is not None:
+                kv_cache.cos, kv_cache.sin, kv_cache.attn_mask = cos, sin, attn_mask
         x = self.transformer.wte(input_ids)
-        for block in self.transformer.blocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        for i, block in enumerate(self.transformer.blocks):
+            if kv_cache is None and self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, attn_mask, use_reentrant=False)
             else:
-                x = block(x, cos, sin, attn_mask)
+                x = block(x, cos, sin, attn_mask, kv_cache, i)
         return self.transformer.ln_f(x)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -234,11 +292,12 @@ class LLaDA(nn.Module):
         return self.transformer.ff_out(h)[..., : self.config.vocab_size]
 
     def forward(self, input_ids, attention_mask=None, positions: slice | torch.Tensor | None = None,
-                return_hidden: bool = False):
+                return_hidden: bool = False, kv_cache: KVCache | None = None):
         """Logits (B, L, V), or (B, P, V) for `positions` (a slice or 1-D index tensor along the sequence).
         return_hidden=True returns the final hidden states (B, P, D) instead, for callers that apply the head in
-        chunks (going through forward keeps DDP/FSDP hooks intact)."""
-        h = self.hidden_states(input_ids, attention_mask)
+        chunks (going through forward keeps DDP/FSDP hooks intact). kv_cache: see hidden_states; `positions`
+        index the tokens passed in (with a filled cache: relative to kv_cache.start)."""
+        h = self.hidden_states(input_ids, attention_mask, kv_cache)
         if positions is not None:
             h = h[:, positions]
         return h if return_hidden else self.head(h)
@@ -596,6 +655,7 @@ CHAT_TEMPLATE = (
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
     "{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
 )
+FORMAT_TAGS = ["<reasoning>", "</reasoning>", "<answer>", "</answer>"]
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
@@ -629,5 +689,7 @@ def make_char_tokenizer(alphabet: str | None = None):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
         unk_token="<unk>", mask_token="<|mdm_mask|>", additional_special_tokens=SPECIAL_TOKENS[3:])
+    # The answer-format tags are single tokens: a tiny model then spends its positions on the answer itself.
+    fast.add_tokens(FORMAT_TAGS)
     fast.chat_template = CHAT_TEMPLATE
     return fast
