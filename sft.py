@@ -1,0 +1,406 @@
+"""Stage 1 of d1: masked SFT of LLaDA (LoRA by default, or full fine-tuning), one flat script.
+
+Each example is the chat-templated prompt followed by the answer, `<|eot_id|>` and EOS padding. Per sequence
+a rate t ~ U(0, 1) is mapped to p = eps + (1 - eps) t; every ANSWER token (EOS padding included) becomes [MASK]
+with probability p, prompt tokens never; the loss is the cross-entropy on the masked answer tokens weighted by
+1/p, summed per sequence, divided by that sequence's answer length and averaged over the batch (LLaDA's
+per-sequence form). With no prompt (answer_mask all True) `sft_loss` is LLaDA's pretraining loss;
+`--init-from-scratch tiny` trains a small random model on generated prompt/answer pairs with the same code.
+
+Deliberate deviations from d1 (public code):
+- The chat template's trailing assistant header belongs to the PROMPT and is never a target. d1 templated
+  prompt + answer as a conversation, so every target ended in a dangling
+  `<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n` before the EOS padding.
+- EOS padding up to the longest sequence of the GLOBAL batch (all micro-batches and ranks of one optimizer
+  step; plain shuffled batches, no length bucketing, so short answers keep long EOS runs and the model learns
+  to stop), not up to 4096 for every example: far fewer EOS targets per example than d1 trained.
+- Per-sequence normalisation (LLaDA's guideline) instead of d1's batch-token normaliser (equal at batch 1).
+  Together with padding to the global batch and noise keyed on the global example index, a global batch gives
+  the same loss and gradient however it is split over ranks and micro-steps.
+- Held-out loss on a fixed 1% split with fixed noise; training is exactly resumable (dropout is re-seeded
+  from (seed, step, rank) every step instead of saving RNG state; the data order and the lr are functions of
+  the step). With LoRA dropout > 0, dropout masks depend on the rank, so N processes == 1 process only at 0.
+Full fine-tuning keeps fp32 master weights and AdamW state on every rank (plain DDP, no sharding): fine for
+small models; the 8B model needs ~16 bytes/parameter (~128 GB) per GPU that way, so use LoRA (the default) there.
+
+CPU (tiny model from scratch, a prompt/answer JSONL such as {"prompt": "sort 312", "answer": "123"}):
+    python sft.py --init-from-scratch tiny --data pairs.jsonl --lora-r 0 --lr 1e-3 --epochs 5 \\
+        --batch-size 8 --grad-accum 1 --device cpu --out-dir out/sft-tiny
+1 GPU (d1's run: s1K, LoRA r=128, effective batch 8):
+    python sft.py --data s1k --grad-checkpointing --merge --out-dir out/sft-s1k
+8 GPUs:
+    torchrun --standalone --nproc_per_node=8 sft.py --data s1k --grad-accum 1 --grad-checkpointing --merge \\
+        --out-dir out/sft-s1k
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from data import format_prompt, load_s1k, load_sft_file
+from model import (LORA_TARGETS, LLaDA, apply_lora, example_generator, load_checkpoint_state, load_tokenizer,
+                   make_char_tokenizer, mask_tokens, merge_lora, preset_config, row_uniforms, save_checkpoint)
+
+# Random streams are told apart by the number of keys given to example_generator:
+# (seed,) the validation split, (seed, epoch) the data order, (seed, step, example) t and the mask,
+# (seed, step, rank, 0) dropout. Evaluation uses step EVAL_STEP, so its noise is the same at every eval.
+VAL_SPLIT_SEED = 42  # the held-out split does not move with --seed: val losses of different seeds compare
+EVAL_STEP = -1
+
+# -----------------------------------------------------------------------------
+# Examples and batches
+
+
+def encode_example(tokenizer, prompt: str, answer: str, max_length: int) -> tuple[list[int], int, bool]:
+    """Token ids of chat-template(prompt) + answer + <|eot_id|>, cut to max_length at the answer end.
+    Returns (ids, prompt_length, truncated). The assistant header ends the prompt: it is never a target."""
+    p = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    a = tokenizer(answer.strip() + "<|eot_id|>", add_special_tokens=False)["input_ids"]  # strip: as the template would
+    ids = (p + a)[:max_length]
+    return ids, len(p), len(ids) < len(p) + len(a)
+
+
+def make_batch(examples: list[tuple[list[int], int]], pad_to: int, eos_id: int, device="cpu"):
+    """Right-pad (ids, prompt_length) pairs with EOS to pad_to. Returns input_ids (B, L) and answer_mask (B, L)
+    bool: True from the end of the prompt on, so the EOS padding is answer (a target the model learns to emit)."""
+    ids = torch.full((len(examples), pad_to), eos_id, dtype=torch.long)
+    for i, (row, _) in enumerate(examples):
+        ids[i, :len(row)] = torch.tensor(row)
+    prompt_len = torch.tensor([n for _, n in examples])
+    answer_mask = torch.arange(pad_to)[None, :] >= prompt_len[:, None]
+    return ids.to(device), answer_mask.to(device)
+
+
+def draw_noise(seed: int, step: int, indices: list[int], answer_mask: torch.Tensor):
+    """Per row: t (B,) in [0, 1) and uniforms u (B, L), both from example_generator(seed, step, GLOBAL index),
+    so a row's noise does not depend on which rank or micro-batch holds it. u has one draw per answer token
+    (prompt positions get 1.0: never masked), so it does not depend on the prompt length either."""
+    gens = [example_generator(seed, step, i) for i in indices]
+    t = torch.stack([torch.rand((), generator=g) for g in gens]).to(answer_mask.device)
+    return t, row_uniforms(gens, answer_mask)
+
+
+# -----------------------------------------------------------------------------
+# The loss
+
+
+def sft_loss(model: LLaDA, input_ids: torch.Tensor, answer_mask: torch.Tensor, t: torch.Tensor, u: torch.Tensor,
+             mask_id: int, attention_mask: torch.Tensor | None = None, eps: float = 1e-3,
+             reduction: str = "mean") -> torch.Tensor:
+    """LLaDA's masked SFT loss. input_ids (B, L) clean tokens; answer_mask (B, L) bool, the positions that may be
+    masked and are targets (answer + <|eot_id|> + EOS padding); t (B,) raw rates in [0, 1), used as
+    p = eps + (1 - eps) t; u (B, L) uniforms (token masked iff answer and u < p); attention_mask (B, L) or None
+    (attend to everything: EOS padding is content here). Loss of row b:
+        sum over masked answer tokens of CE / p_b, divided by the number of answer tokens of row b.
+    reduction "mean" (batch average), "sum" or "none" (B,). The head runs on the masked positions only."""
+    p = eps + (1 - eps) * t.float()  # (B,)
+    noisy, masked = mask_tokens(input_ids, answer_mask, p, u, mask_id)
+    h = model.hidden_states(noisy, attention_mask)  # (B, L, D)
+    rows, cols = masked.nonzero(as_tuple=True)  # the M masked answer tokens
+    logits = model.head(h[rows, cols]).float()  # (M, V): fp32 log-softmax inside cross_entropy
+    ce = F.cross_entropy(logits, input_ids[rows, cols], reduction="none")  # (M,)
+    per_seq = torch.zeros(len(input_ids), device=ce.device).index_add(0, rows, ce / p[rows])
+    per_seq = per_seq / answer_mask.sum(1).clamp(min=1)
+    return {"mean": per_seq.mean, "sum": per_seq.sum, "none": lambda: per_seq}[reduction]()
+
+
+class MaskedSFT(nn.Module):
+    """Runs sft_loss as a module's forward, so DDP's forward (which arms the gradient all-reduce) wraps it."""
+
+    def __init__(self, model: LLaDA, eps: float):
+        super().__init__()
+        self.model, self.eps = model, eps
+
+    def forward(self, input_ids, answer_mask, t, u):
+        return sft_loss(self.model, input_ids, answer_mask, t, u, self.model.config.mask_token_id, eps=self.eps,
+                        reduction="none")
+
+
+@torch.no_grad()
+def evaluate(model: LLaDA, val, pad_to: int, batch_size: int, seed: int, eps: float, device, amp, rank=0, world=1):
+    """Mean held-out loss with fixed noise; every row padded to pad_to (the longest val example), so the number
+    does not depend on batch size or world size. Rows are sharded over ranks and the sums all-reduced."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, device=device)  # (sum of per-sequence losses, rows)
+    mine = list(range(rank, len(val), world))
+    for s in range(0, len(mine), batch_size):
+        idx = mine[s:s + batch_size]
+        ids, ans = make_batch([val[i] for i in idx], pad_to, model.config.eos_token_id, device)
+        t, u = draw_noise(seed, EVAL_STEP, idx, ans)
+        with amp():
+            total[0] += sft_loss(model, ids, ans, t, u, model.config.mask_token_id, eps=eps, reduction="sum")
+        total[1] += len(idx)
+    if world > 1:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
+
+
+# -----------------------------------------------------------------------------
+# Schedule, data order, checkpoints
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, warmup: int = 0, schedule: str = "linear") -> float:
+    """lr of optimizer step `step` (0-based): linear warmup, then linear/cosine decay to 0 or constant."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if schedule == "linear":
+        return base_lr * (1 - progress)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """One global order per (seed, epoch), the same on every rank; ranks take disjoint slices of it."""
+    return torch.randperm(n, generator=example_generator(seed, epoch)).tolist()
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    """Finished training checkpoints (step-NNNNNN with state.json), oldest first."""
+    return sorted(p for p in out_dir.glob("step-*") if p.name[5:].isdigit() and (p / "state.json").is_file())
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+def main(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(description="Masked SFT of LLaDA (d1 stage 1).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="checkpoint folder or hub id to fine-tune")
+    p.add_argument("--init-from-scratch", default=None, choices=["tiny", "demo", "llada-8b"],
+                   help="train a randomly initialised model of this preset instead of loading --model")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder/hub id; unset: --model's, or a character tokenizer with --init-from-scratch")
+    p.add_argument("--data", default="s1k", help="'s1k' (d1's SFT data) or a JSONL file with 'prompt' and 'answer'")
+    p.add_argument("--data-path", default=None, help="local copy of s1K (JSONL/JSON/Parquet) instead of the hub")
+    p.add_argument("--max-length", type=int, default=4096, help="token cap per example; longer answers are cut")
+    p.add_argument("--val-frac", type=float, default=0.01, help="fraction of examples held out for eval loss")
+    p.add_argument("--eps", type=float, default=1e-3, help="mask rate p = eps + (1 - eps) t, t ~ U(0, 1)")
+    p.add_argument("--lora-r", type=int, default=128, help="LoRA rank; 0 = full fine-tuning")
+    p.add_argument("--lora-alpha", type=float, default=256.0, help="LoRA alpha (scale alpha / r)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj",
+                   help=f"comma-separated block Linear layers to adapt, from {','.join(LORA_TARGETS)}")
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training split")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this optimizer step (the lr schedule still spans all epochs; for interrupted runs)")
+    p.add_argument("--batch-size", type=int, default=1, help="micro-batch per device")
+    p.add_argument("--grad-accum", type=int, default=8, help="micro-batches per optimizer step on each device")
+    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (AdamW)")
+    p.add_argument("--lr-schedule", default="linear", choices=["linear", "cosine", "constant"],
+                   help="decay to 0 after warmup, or constant")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (d1: 0.1)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm; 0 = no clipping")
+    p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
+                   choices=["float32", "bfloat16"],
+                   help="compute dtype (autocast); LoRA keeps base weights in it, full FT keeps fp32 master weights")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
+    p.add_argument("--eval-every", type=int, default=100, help="eval loss every N steps (and at start/end); 0 = off")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--keep-last", type=int, default=3, help="keep the newest N checkpoints; 0 = keep all")
+    p.add_argument("--resume", default=None,
+                   help="checkpoint folder, or 'auto' = newest in --out-dir (if any); metrics.jsonl is appended to")
+    p.add_argument("--merge", action="store_true", help="at the end write out_dir/merged: a full HF-layout model")
+    p.add_argument("--out-dir", default="out/sft", help="checkpoints, metrics.jsonl, merged model")
+    p.add_argument("--seed", type=int, default=0, help="data order, noise, dropout, LoRA/scratch init")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (single process)")
+    args = p.parse_args(argv)
+
+    # DDP preamble: torchrun sets RANK; plain `python` runs one process.
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+        rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+        device = f"cuda:{local_rank}" if backend == "nccl" else "cpu"
+        if backend == "nccl":
+            torch.cuda.set_device(device)
+    else:
+        rank, world, device = 0, 1, args.device
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+
+    global_batch = args.batch_size * args.grad_accum * world
+    log(f"global batch {global_batch} = batch size {args.batch_size} x grad accum {args.grad_accum} x world {world}")
+    assert args.batch_size > 0 and args.grad_accum > 0 and args.epochs > 0 and 0 <= args.val_frac < 1
+    if args.data_path and args.data != "s1k":
+        p.error("--data-path is a local copy of s1K: use it with --data s1k (a JSONL goes to --data itself)")
+
+    # Data: load, tokenize, split. Every rank holds all of it (small) and takes its slice of each global batch.
+    examples = load_s1k(args.data_path) if args.data == "s1k" else load_sft_file(args.data)
+    dtype = getattr(torch, args.dtype)
+    if args.init_from_scratch:
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else make_char_tokenizer()
+    else:
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+    encoded, n_trunc, n_dropped = [], 0, 0
+    for ex in examples:
+        ids, n_prompt, cut = encode_example(tokenizer, ex["prompt"], ex["answer"], args.max_length)
+        if n_prompt >= len(ids):  # the prompt alone fills --max-length: nothing left to train on
+            n_dropped += 1
+            continue
+        n_trunc += cut
+        encoded.append((ids, n_prompt))
+    assert encoded, f"no usable examples in {args.data} (all {n_dropped} prompts exceed --max-length)"
+    perm = torch.randperm(len(encoded), generator=example_generator(VAL_SPLIT_SEED)).tolist()
+    n_val = max(1, round(len(encoded) * args.val_frac)) if args.val_frac > 0 else 0
+    val = [encoded[i] for i in sorted(perm[:n_val])]
+    train = [encoded[i] for i in sorted(perm[n_val:])]
+    steps_per_epoch = len(train) // global_batch  # the last incomplete global batch of an epoch is dropped
+    total_steps = args.epochs * steps_per_epoch
+    stop_step = min(total_steps, args.max_steps) if args.max_steps is not None else total_steps
+    log(f"examples {len(examples)}: train {len(train)}, val {len(val)}, truncated at {args.max_length} tokens "
+        f"{n_trunc}, dropped (prompt too long) {n_dropped}, longest {max(len(e[0]) for e in encoded)} tokens")
+    log(f"steps per epoch {steps_per_epoch}, total steps {total_steps} ({args.epochs} epochs), running to {stop_step}")
+    assert steps_per_epoch > 0, f"{len(train)} training examples is less than one global batch ({global_batch})"
+
+    # Model. LoRA: frozen base weights in --dtype, fp32 adapters. Full FT: fp32 master weights. Autocast to --dtype.
+    lora = args.lora_r > 0
+    param_dtype = dtype if lora else torch.float32
+    if args.init_from_scratch:
+        model = LLaDA(preset_config(args.init_from_scratch, tokenizer)).init_weights(args.seed).to(device, param_dtype)
+    else:
+        model = LLaDA.from_pretrained(args.model, dtype=param_dtype, device=device)
+    if lora:
+        targets = [name.strip() for name in args.lora_targets.split(",")]
+        apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, seed=args.seed)
+    model.gradient_checkpointing = args.grad_checkpointing
+    params = [q for q in model.parameters() if q.requires_grad]
+    log(f"trainable parameters {sum(q.numel() for q in params):,} of {model.num_params():,} "
+        f"({'LoRA r=%d' % args.lora_r if lora else 'full fine-tuning'}, compute {args.dtype})")
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    device_type = torch.device(device).type
+    amp = lambda: torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)  # noqa: E731
+
+    out_dir = Path(args.out_dir)
+    start_step = 0
+    resume = args.resume
+    if resume == "auto":
+        found = checkpoints(out_dir)
+        resume = str(found[-1]) if found else None
+        log(f"resume auto: {resume or 'no checkpoint in ' + str(out_dir) + ', starting fresh'}")
+    if resume:
+        state = load_checkpoint_state(resume, model, optimizer)
+        for key, value in [("global_batch", global_batch), ("total_steps", total_steps), ("seed", args.seed)]:
+            if state[key] != value:
+                raise ValueError(f"{resume} was trained with {key}={state[key]}, this run has {value}: "
+                                 "the data order and lr schedule would not continue")
+        start_step = state["step"]
+        log(f"resumed from {resume} at step {start_step}")
+
+    loss_fn = MaskedSFT(model, args.eps)  # DDP must wrap the module whose forward computes the loss
+    if ddp:
+        loss_fn = DDP(loss_fn, device_ids=[local_rank] if device_type == "cuda" else None)
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = open(out_dir / "metrics.jsonl", "a") if master else None
+
+    def record(row: dict):
+        if master:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+
+    def save(step: int):
+        if master:
+            state = dict(step=step, epoch=step / steps_per_epoch, global_batch=global_batch, total_steps=total_steps,
+                         seed=args.seed, args=vars(args))
+            save_checkpoint(out_dir / f"step-{step:06d}", model, optimizer, state, tokenizer, base_model=args.model)
+            for old in checkpoints(out_dir)[:-args.keep_last] if args.keep_last > 0 else []:
+                shutil.rmtree(old)
+        if ddp:
+            dist.barrier()  # nobody reads a checkpoint before it is complete
+
+    val_pad = max((len(e[0]) for e in val), default=0)
+
+    def run_eval(step: int):
+        if val and args.eval_every > 0:
+            val_loss = evaluate(model, val, val_pad, args.batch_size, args.seed, args.eps, device, amp, rank, world)
+            if master:
+                tqdm.write(f"step {step:6d} | val loss {val_loss:.4f}")
+            record(dict(step=step, val_loss=val_loss))
+
+    model.train()
+    if start_step == 0:
+        run_eval(0)
+    pbar = tqdm(total=stop_step, initial=start_step, disable=not master, desc="sft", dynamic_ncols=True)
+    order, order_epoch = None, None
+    for step in range(start_step, stop_step):
+        t0 = time.time()
+        epoch, b = divmod(step, steps_per_epoch)
+        if order_epoch != epoch:
+            order, order_epoch = epoch_order(len(train), args.seed, epoch), epoch
+        batch = order[b * global_batch:(b + 1) * global_batch]  # global example indices of this step
+        pad_to = max(len(train[i][0]) for i in batch)  # pad to the longest of the GLOBAL batch: split-invariant
+        lr = lr_at(step, total_steps, args.lr, args.warmup_steps, args.lr_schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Dropout draws from the global RNG: re-seed it from (seed, step, rank) so a resumed run matches.
+        torch.manual_seed(example_generator(args.seed, step, rank, 0).initial_seed())
+        loss_sum = torch.zeros((), device=device)
+        for a in range(args.grad_accum):
+            lo = (a * world + rank) * args.batch_size
+            idx = batch[lo:lo + args.batch_size]
+            ids, ans = make_batch([train[i] for i in idx], pad_to, model.config.eos_token_id, device)
+            t, u = draw_noise(args.seed, step, idx, ans)
+            last = a == args.grad_accum - 1
+            with loss_fn.no_sync() if ddp and not last else nullcontext():  # all-reduce only on the last micro-step
+                with amp():
+                    per_seq = loss_fn(ids, ans, t, u)  # (B,)
+                # DDP averages over ranks, so divide by this rank's share: the gradient is that of the global mean.
+                (per_seq.sum() / (args.batch_size * args.grad_accum)).backward()
+            loss_sum += per_seq.detach().sum()
+        if ddp:
+            dist.all_reduce(loss_sum)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_sum.item() / global_batch
+        dt = time.time() - t0
+        tok_s = global_batch * pad_to / dt
+        pbar.update(1)
+        if master:
+            tqdm.write(f"step {step + 1:6d}/{total_steps} | loss {loss:.4f} | lr {lr:.3e} | grad norm "
+                       f"{grad_norm.item():.4f} | {tok_s:8.0f} tok/s | {dt * 1000:.0f} ms")
+        record(dict(step=step + 1, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm.item(), seq_len=pad_to,
+                    tok_per_s=tok_s))
+        done = step + 1 == stop_step
+        if args.eval_every > 0 and ((step + 1) % args.eval_every == 0 or done):
+            run_eval(step + 1)
+        if (args.save_every > 0 and (step + 1) % args.save_every == 0) or done:
+            save(step + 1)
+    pbar.close()
+    if start_step >= stop_step:
+        log(f"nothing to do: already at step {start_step} of {stop_step}")
+
+    if args.merge and master:
+        if lora:
+            merge_lora(model)
+        model.to(dtype).save_pretrained(out_dir / "merged", tokenizer=tokenizer)
+        log(f"wrote merged model to {out_dir / 'merged'}")
+    if metrics:
+        metrics.close()
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
