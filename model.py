@@ -660,9 +660,14 @@ SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_h
 
 
 def load_tokenizer(path_or_hub_id: str | os.PathLike):
-    """AutoTokenizer from the checkpoint folder (a fast tokenizer: no remote code is needed)."""
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(resolve_checkpoint(path_or_hub_id)))
+    """The checkpoint folder's tokenizer.json as a PreTrainedTokenizerFast (LLaDA's tokenizer class).
+    Not AutoTokenizer: it reads config.json, whose `auto_map` (kept so the official code can load our
+    checkpoints) would make transformers ask whether to run remote code."""
+    from transformers import PreTrainedTokenizerFast
+    folder = Path(path_or_hub_id) if Path(path_or_hub_id).is_dir() else resolve_checkpoint(path_or_hub_id)
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder} has no tokenizer.json")
+    return PreTrainedTokenizerFast.from_pretrained(str(folder), trust_remote_code=False)
 
 
 def special_ids(tokenizer) -> dict:

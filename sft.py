@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None):
     p.add_argument("--data", default="s1k", help="'s1k' (d1's SFT data) or a JSONL file with 'prompt' and 'answer'")
     p.add_argument("--data-path", default=None, help="local copy of s1K (JSONL/JSON/Parquet) instead of the hub")
     p.add_argument("--max-length", type=int, default=4096, help="token cap per example; longer answers are cut")
+    p.add_argument("--pad-answers-to", type=int, default=0,
+                   help="EOS-pad every answer (incl. <|eot_id|>) to at least this many tokens, e.g. the RL "
+                        "generation length, so the model learns to stop there (d1 padded whole sequences to "
+                        "4096); 0 = pad only to the longest sequence of the batch")
     p.add_argument("--val-frac", type=float, default=0.01, help="fraction of examples held out for eval loss")
     p.add_argument("--eps", type=float, default=1e-3, help="mask rate p = eps + (1 - eps) t, t ~ U(0, 1)")
     p.add_argument("--lora-r", type=int, default=128, help="LoRA rank; 0 = full fine-tuning")
@@ -328,7 +332,7 @@ def main(argv: list[str] | None = None):
         if ddp:
             dist.barrier()  # nobody reads a checkpoint before it is complete
 
-    val_pad = max((len(e[0]) for e in val), default=0)
+    val_pad = max((len(e[0]) + max(0, args.pad_answers_to - (len(e[0]) - e[1])) for e in val), default=0)
 
     def run_eval(step: int):
         if val and args.eval_every > 0:
@@ -348,7 +352,8 @@ def main(argv: list[str] | None = None):
         if order_epoch != epoch:
             order, order_epoch = epoch_order(len(train), args.seed, epoch), epoch
         batch = order[b * global_batch:(b + 1) * global_batch]  # global example indices of this step
-        pad_to = max(len(train[i][0]) for i in batch)  # pad to the longest of the GLOBAL batch: split-invariant
+        pad_to = max(len(train[i][0]) + max(0, args.pad_answers_to - (len(train[i][0]) - train[i][1]))
+                     for i in batch)  # pad to the longest of the GLOBAL batch: split-invariant
         lr = lr_at(step, total_steps, args.lr, args.warmup_steps, args.lr_schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
