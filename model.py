@@ -172,7 +172,7 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(d, h, bias=False)
         self.ff_out = nn.Linear(h, d, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask, kv_cache: "KVCache | None" = None, layer: int = 0):
+    def forward(self, x, cos, sin, attn_mask, kv_cache: KVCache | None = None, layer: int = 0):
         B, L, D = x.shape
         a = self.attn_norm(x)
         # (B, L, D) -> (B, H, L, hd)

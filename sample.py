@@ -11,11 +11,24 @@ Exactly the reference algorithm (llada.md), with these implementation choices th
   argmax(exp(logits) / (-log u)^T) without overflowing exp(); noise and confidences in float64;
 - `generator` may be a list with one torch.Generator per row: a row's samples then do not depend on which
   other rows share its batch (batched == one at a time; N processes == 1 process);
-- a step whose schedule commits nothing in any row is skipped (it cannot change the state).
-Opt-in fast mode: `threshold` commits every masked position whose confidence exceeds it (at least one per
-step) and stops a block as soon as it is fully decoded (Fast-dLLM's parallel decoding; changes outputs).
+- CPU generators (model.example_generator) may drive sampling on a GPU: each seeds a generator on the GPU
+  from its own stream (so a row's samples still depend only on its generator);
+- a step whose schedule commits nothing in any row is skipped (it cannot change the state);
+- the step loop makes no host-device sync (the block's commit schedule goes to the device once per block,
+  commits are written with torch.where, not boolean indexing) and reuses one buffer for classifier-free
+  guidance.
+Opt-in fast modes (Fast-dLLM's; both change outputs, both OFF by default):
+- `threshold` commits every masked position whose confidence exceeds it (at least one per step) and stops a
+  block as soon as every row has decoded it (parallel decoding; one sync per step to detect the end of a
+  block; rows already done draw no noise, so batched == one at a time holds here too);
+- `cache="prefix"`: the first step of each block runs the whole sequence and stores every layer's keys and
+  values (model.KVCache); the block's other steps run only the block and the positions after it, attending to
+  the stored keys/values of the prompt and finished blocks (stale within the block: an approximation).
+  `cache="dual"` also keeps the positions after the block from the block's first step and runs only the
+  block. With `threshold` this is Fast-dLLM's recipe. bench.py measures speed and agreement with the exact path.
 
 CLI: python sample.py --model GSAI-ML/LLaDA-8B-Instruct --prompt "What is 7 * 8?" --gen-length 128
+     python sample.py --model GSAI-ML/LLaDA-8B-Instruct --prompt "..." --cache dual --threshold 0.9   (fast)
      python sample.py --model tiny --prompt "hi"     (random tiny model: a smoke test of the code path)
 """
 from __future__ import annotations
@@ -24,9 +37,11 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
+
+from model import KVCache
 
 REMASKING = ("low_confidence", "random")
+CACHE_MODES = ("none", "prefix", "dual")
 
 
 def num_transfer_tokens(masked_count: list[int], steps: int) -> list[list[int]]:
@@ -35,12 +50,21 @@ def num_transfer_tokens(masked_count: list[int], steps: int) -> list[list[int]]:
     return [[n // steps + (1 if i < n % steps else 0) for i in range(steps)] for n in masked_count]
 
 
-def _row_generators(generator, batch: int):
+def _on_device(g, device: torch.device):
+    """g itself, or for a generator on another device (a CPU generator keyed on the example, sampling on a GPU) a
+    generator on `device` seeded from g's stream: drawing the float64 noise (rows x block x vocab per step) on the
+    CPU and copying it over would cost more than the forward, and torch refuses a CPU generator for GPU draws."""
+    if g is None or g.device.type == device.type:
+        return g
+    return torch.Generator(device).manual_seed(int(torch.randint(2**62, (), generator=g)))
+
+
+def _row_generators(generator, batch: int, device: torch.device):
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch} rows")
-        return list(generator)
-    return generator  # one torch.Generator (or None) for the whole batch
+        return [_on_device(g, device) for g in generator]
+    return _on_device(generator, device)  # one torch.Generator (or None) for the whole batch
 
 
 def _rand(shape, gens, device):
@@ -59,7 +83,7 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str, gens) -> t
     for r in range(0, B, chunk):
         lg = logits[r:r + chunk]
         g = gens[r:r + chunk] if isinstance(gens, list) else gens
-        l64 = lg.double()
+        l64 = lg.double() if (temperature > 0 or remasking == "low_confidence") else None
         if temperature > 0:
             u = _rand(l64.shape, g, lg.device)
             x0 = (l64 - temperature * torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max in float64
@@ -75,7 +99,9 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str, gens) -> t
     return torch.cat(x0s), torch.cat(confs)
 
 
-def check_args(prompt, gen_length, block_length, steps, remasking, temperature):
+def check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache="none"):
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must be a non-empty (batch, length) tensor of token ids, got shape {tuple(prompt.shape)}")
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length != 0:
@@ -95,57 +121,82 @@ def check_args(prompt, gen_length, block_length, steps, remasking, temperature):
 def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = None, steps: int = 128,
              gen_length: int = 128, block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", mask_id: int | None = None, generator=None,
-             threshold: float | None = None) -> torch.Tensor:
+             threshold: float | None = None, cache: str = "none") -> torch.Tensor:
     """Sample completions. prompt (B, P) left-padded ids, attention_mask (B, P) 1 = real token.
-    Returns (B, P + gen_length): the prompt followed by the completion (no MASK left)."""
-    num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature)
+    Returns (B, P + gen_length): the prompt followed by the completion (no MASK left).
+    Fast modes (approximate, off by default): threshold (parallel decoding), cache "prefix" | "dual"."""
+    num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache)
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
+    L = P + gen_length
     device = prompt.device
-    gens = _row_generators(generator, B)
-    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=device)
-    x[:, :P] = prompt
+    gens = _row_generators(generator, B, device)
+    # Classifier-free guidance runs the conditional rows and, below them, the same rows with the prompt hidden:
+    # one (2B, L) buffer whose first half IS the state x (a view), the second half refreshed each step.
+    xx = torch.full((2 * B if cfg_scale > 0 else B, L), mask_id, dtype=torch.long, device=device)
+    xx[:B, :P] = prompt
+    x = xx[:B]
     am = None
     if attention_mask is not None and not bool(attention_mask.all()):  # all-ones = no mask: keeps flash SDPA
         am = torch.cat([attention_mask.bool(), attention_mask.new_ones(B, gen_length, dtype=torch.bool)], dim=1)
-    if cfg_scale > 0:
-        am2 = None if am is None else torch.cat([am, am])
+        if cfg_scale > 0:
+            am = torch.cat([am, am])
 
     for b in range(num_blocks):
         s, e = P + b * block_length, P + (b + 1) * block_length
+        end = L if cache == "prefix" else e  # cached steps recompute positions [s, end)
         block = x[:, s:e]  # a view: writing into it writes into x
-        schedule = num_transfer_tokens((block == mask_id).sum(1).tolist(), steps_per_block)  # one sync per block
+        counts = (block == mask_id).sum(1).tolist()  # one sync per block
+        schedule = num_transfer_tokens(counts, steps_per_block)  # (B, steps_per_block) on the host ...
+        k_dev = torch.tensor(schedule, device=device).T  # ... and on the device: (steps_per_block, B)
+        kv = None
         step = 0
         while True:
             if threshold is None:
                 if step == steps_per_block:
                     break
-                k = [row[step] for row in schedule]
+                kmax = max(row[step] for row in schedule)
                 step += 1
-                if max(k) == 0:
+                if kmax == 0:
                     continue
             masked = block == mask_id  # (B, bl)
-            if threshold is not None and not bool(masked.any()):
-                break
+            if threshold is not None:
+                active = masked.any(1).tolist()  # one sync per step: the block ends when every row is decoded
+                if not any(active):
+                    break
             if cfg_scale > 0:
-                un_x = x.clone()
-                un_x[:, :P] = mask_id  # unconditional: the prompt hidden
-                both = model(torch.cat([x, un_x]), am2, positions=slice(s, e))
-                cond, uncond = both.chunk(2)
-                logits = uncond + (cfg_scale + 1) * (cond - uncond)
+                xx[B:, P:] = x[:, P:]  # unconditional rows: the prompt stays MASK, the completion follows x
+            if cache == "none":
+                logits = model(xx, am, positions=slice(s, e))  # (B or 2B, bl, V)
+            elif kv is None:  # the block's first step: the whole sequence, filling the cache
+                kv = KVCache()
+                logits = model(xx, am, positions=slice(s, e), kv_cache=kv)
+                kv.start = s
             else:
-                logits = model(x, am, positions=slice(s, e))  # (B, bl, V)
-            x0, conf = propose(logits, temperature, remasking, gens)
+                logits = model(xx[:, s:end], positions=slice(0, e - s), kv_cache=kv)
+            if cfg_scale > 0:
+                cond, uncond = logits.chunk(2)
+                logits = uncond + (cfg_scale + 1) * (cond - uncond)
+            if threshold is not None and not all(active):
+                # Rows whose block is done draw no noise, so a row's samples do not depend on its batch-mates.
+                rows = [i for i, a in enumerate(active) if a]
+                x0_a, conf_a = propose(logits[rows], temperature, remasking,
+                                       [gens[i] for i in rows] if isinstance(gens, list) else gens)
+                x0 = block.clone()
+                conf = torch.full(masked.shape, -torch.inf, dtype=torch.float64, device=device)
+                x0[rows], conf[rows] = x0_a, conf_a
+            else:
+                x0, conf = propose(logits, temperature, remasking, gens)
             conf = conf.masked_fill(~masked, -torch.inf)
             if threshold is None:
-                kt = torch.tensor(k, device=device)
-                idx = conf.topk(max(k), dim=-1).indices  # (B, kmax)
-                commit = torch.zeros_like(masked).scatter_(1, idx, torch.arange(max(k), device=device) < kt[:, None])
+                idx = conf.topk(kmax, dim=-1).indices  # (B, kmax)
+                rank_ok = torch.arange(kmax, device=device) < k_dev[step - 1][:, None]  # (B, kmax)
+                commit = torch.zeros_like(masked).scatter_(1, idx, rank_ok)
             else:
                 top1 = torch.zeros_like(masked).scatter_(1, conf.argmax(-1, keepdim=True), True)
                 commit = ((conf > threshold) | top1) & masked
-            block[commit] = x0[commit]
-    return x
+            block.copy_(torch.where(commit, x0, block))
+    return x.clone() if cfg_scale > 0 else x
 
 
 # -----------------------------------------------------------------------------
@@ -167,6 +218,8 @@ def main():
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
     p.add_argument("--remasking", default="low_confidence", choices=REMASKING)
     p.add_argument("--threshold", type=float, default=None, help="fast mode: commit all positions above this confidence")
+    p.add_argument("--cache", default="none", choices=CACHE_MODES,
+                   help="fast mode: approximate KV cache refreshed once per block (prefix, or dual = prefix + suffix)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
@@ -195,7 +248,7 @@ def main():
     t0 = time.time()
     out = generate(model, ids, mask, steps=steps, gen_length=args.gen_length, block_length=args.block_length,
                    temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                   generator=gen, threshold=args.threshold)
+                   generator=gen, threshold=args.threshold, cache=args.cache)
     dt = time.time() - t0
     for q, row in zip(args.prompt, out[:, ids.shape[1]:]):
         print(f"### {q}\n{tokenizer.decode(row, skip_special_tokens=True)}\n")
