@@ -51,7 +51,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
 from model import (LLaDA, apply_lora, example_generator, load_adapter, load_checkpoint_state, load_tokenizer,
-                   lora_disabled, lora_modules, make_char_tokenizer, mask_tokens, merge_lora, preset_config,
+                   checkpoints, lora_disabled, lora_modules, make_char_tokenizer, mask_tokens, merge_lora, preset_config,
                    row_uniforms, save_checkpoint)
 from sample import generate
 
@@ -228,6 +228,8 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.9)
     p.add_argument("--gen-batch-size", type=int, default=48, help="completions per sampler call")
     p.add_argument("--threshold", type=float, default=None, help="opt-in fast parallel decoding for rollouts")
+    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
+                   help="opt-in approximate KV cache for rollouts (Fast-dLLM); changes the samples")
     # objective
     p.add_argument("--mu", type=int, default=None, help="inner iterations per rollout (default: d1's per task)")
     p.add_argument("--p-mask-prompt", type=float, default=0.15)
@@ -313,7 +315,7 @@ def main(argv=None):
     if args.resume:
         ckpt = args.resume
         if ckpt == "auto":
-            found = sorted(out_dir.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1]))
+            found = checkpoints(out_dir)
             ckpt = found[-1] if found else None
         if ckpt is not None:
             step = load_checkpoint_state(ckpt, model, optimizer)["step"]
@@ -347,7 +349,7 @@ def main(argv=None):
                 out = generate(raw, prompt_ids[r:r + args.gen_batch_size], prompt_mask[r:r + args.gen_batch_size],
                                steps=args.diffusion_steps, gen_length=args.gen_length,
                                block_length=args.block_length, temperature=args.temperature, generator=gens,
-                               threshold=args.threshold)
+                               threshold=args.threshold, cache=args.cache)
             completions.append(out[:, prompt_ids.shape[1]:])
         completion_ids = torch.cat(completions)  # (local_n, gen_length)
         t_gen = time.time() - t0
@@ -449,13 +451,10 @@ def main(argv=None):
                           + (f" | val {log['val_accuracy']:.3f}" if "val_accuracy" in log else ""))
             bar.update(1)
             if step % args.save_every == 0 or step == max_steps:
-                save_checkpoint(out_dir / f"ckpt-{step}", raw, optimizer, {"step": step, "args": vars(args),
-                                                                          **{k: v for k, v in log.items()}},
+                save_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, {"args": vars(args), **log},
                                 tokenizer, base_model=args.init)
-                if args.keep_last:
-                    ckpts = sorted(out_dir.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1]))
-                    for old_ckpt in ckpts[:-args.keep_last]:
-                        shutil.rmtree(old_ckpt)
+                for old_ckpt in checkpoints(out_dir)[:-args.keep_last] if args.keep_last else []:
+                    shutil.rmtree(old_ckpt)
         if ddp:
             dist.barrier()
     bar.close()

@@ -621,6 +621,11 @@ def save_checkpoint(folder, model: LLaDA, optimizer=None, state: dict | None = N
             json.dump(state or {}, f, indent=2, default=str)
 
 
+def checkpoints(out_dir) -> list[Path]:
+    """Finished training checkpoints of a run folder (step-NNNNNN with state.json), oldest first."""
+    return sorted(p for p in Path(out_dir).glob("step-*") if p.name[5:].isdigit() and (p / "state.json").is_file())
+
+
 def load_checkpoint_state(folder, model: LLaDA, optimizer=None) -> dict:
     """Restore what save_checkpoint wrote into an already built model (with LoRA applied if it was LoRA)."""
     from safetensors.torch import load_file
@@ -655,6 +660,9 @@ CHAT_TEMPLATE = (
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
     "{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
 )
+# For tiny models trained from scratch: BOS, the user text, <|eot_id|>. Same special tokens, 20 fewer positions
+# per prompt than the release template (the role headers carry no information for a one-turn task).
+COMPACT_CHAT_TEMPLATE = "{{ bos_token }}{% for message in messages %}{{ message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
 FORMAT_TAGS = ["<reasoning>", "</reasoning>", "<answer>", "</answer>"]
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
@@ -678,8 +686,9 @@ def special_ids(tokenizer) -> dict:
     return ids
 
 
-def make_char_tokenizer(alphabet: str | None = None):
-    """A character-level tokenizer with LLaDA's special tokens and chat template, for tiny models and tests.
+def make_char_tokenizer(alphabet: str | None = None, chat_template: str = None):
+    """A character-level tokenizer with LLaDA's special tokens and chat template (or `chat_template`, e.g.
+    COMPACT_CHAT_TEMPLATE for models trained from scratch), for tiny models and tests.
     Built with the `tokenizers` library; save it with .save_pretrained(folder) next to a checkpoint."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -696,5 +705,5 @@ def make_char_tokenizer(alphabet: str | None = None):
         unk_token="<unk>", mask_token="<|mdm_mask|>", additional_special_tokens=SPECIAL_TOKENS[3:])
     # The answer-format tags are single tokens: a tiny model then spends its positions on the answer itself.
     fast.add_tokens(FORMAT_TAGS)
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template or CHAT_TEMPLATE
     return fast

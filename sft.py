@@ -51,8 +51,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import format_prompt, load_s1k, load_sft_file
-from model import (LORA_TARGETS, LLaDA, apply_lora, example_generator, load_checkpoint_state, load_tokenizer,
-                   make_char_tokenizer, mask_tokens, merge_lora, preset_config, row_uniforms, save_checkpoint)
+from model import (LORA_TARGETS, LLaDA, apply_lora, checkpoints, example_generator, load_checkpoint_state,
+                   load_tokenizer, make_char_tokenizer, mask_tokens, merge_lora, preset_config, row_uniforms,
+                   save_checkpoint)
 
 # Random streams are told apart by the number of keys given to example_generator:
 # (seed,) the validation split, (seed, epoch) the data order, (seed, step, example) t and the mask,
@@ -169,11 +170,6 @@ def lr_at(step: int, total_steps: int, base_lr: float, warmup: int = 0, schedule
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """One global order per (seed, epoch), the same on every rank; ranks take disjoint slices of it."""
     return torch.randperm(n, generator=example_generator(seed, epoch)).tolist()
-
-
-def checkpoints(out_dir: Path) -> list[Path]:
-    """Finished training checkpoints (step-NNNNNN with state.json), oldest first."""
-    return sorted(p for p in out_dir.glob("step-*") if p.name[5:].isdigit() and (p / "state.json").is_file())
 
 
 # -----------------------------------------------------------------------------

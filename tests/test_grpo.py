@@ -168,7 +168,7 @@ def test_script_runs_and_learns_something(sudoku_csv, tmp_path, mu, beta):
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[0]["grad_norm"] > 0  # the random reward has spread: a real gradient
     assert abs(rows[0]["ratio"] - 1) < 1e-4 if mu == 1 else True
-    a = adapter(tmp_path / "ckpt-2")
+    a = adapter(tmp_path / "step-000002")
     assert max(v.abs().max() for k, v in a.items() if "lora_B" in k) > 0  # adapters moved
 
 
@@ -182,8 +182,8 @@ def test_resume_continues_identically(sudoku_csv, tmp_path):
     assert [r["step"] for r in cut] == [1, 2, 3]
     for a, b in zip(full, cut):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["reward"] == b["reward"]
-    for k, v in adapter(tmp_path / "full" / "ckpt-3").items():
-        torch.testing.assert_close(adapter(tmp_path / "cut" / "ckpt-3")[k], v)
+    for k, v in adapter(tmp_path / "full" / "step-000003").items():
+        torch.testing.assert_close(adapter(tmp_path / "cut" / "step-000003")[k], v)
 
 
 def free_port():
@@ -204,5 +204,5 @@ def test_two_processes_match_one(sudoku_csv, tmp_path):
     for a, b in zip(one, two):
         for key in ("reward", "loss", "kl", "completion_len"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-    for k, v in adapter(tmp_path / "one" / "ckpt-2").items():
-        torch.testing.assert_close(adapter(tmp_path / "two" / "ckpt-2")[k], v, rtol=1e-4, atol=1e-6)
+    for k, v in adapter(tmp_path / "one" / "step-000002").items():
+        torch.testing.assert_close(adapter(tmp_path / "two" / "step-000002")[k], v, rtol=1e-4, atol=1e-6)
