@@ -53,7 +53,7 @@ from torch.utils.checkpoint import checkpoint
 from model import (LLaDA, apply_lora, example_generator, load_adapter, load_checkpoint_state, load_tokenizer,
                    checkpoints, lora_disabled, lora_modules, make_char_tokenizer, mask_tokens, merge_lora, preset_config,
                    row_uniforms, save_checkpoint)
-from sample import generate
+from sample import generate, left_pad
 
 # d1's per-task defaults (launch scripts): inner iterations mu and total outer steps.
 TASK_MU = {"gsm8k": 12, "math": 12, "countdown": 8, "sudoku": 8, "code": 12}
@@ -135,17 +135,6 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, cmask, eps: float, beta: flo
 
 def unwrap(model):
     return model.module if isinstance(model, DDP) else model
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> left-padded ids (B, P) and attention mask (B, P)."""
-    P = max(len(r) for r in rows)
-    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), P), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, P - len(r):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def gather_keys(d: dict, world: int) -> list:
@@ -440,7 +429,7 @@ def main(argv=None):
         log.update({f"reward/{k}": v / max(1.0, comp[k.split("/")[0] + "/count"])
                     for k, v in comp.items() if not k.endswith("/count")})
         if args.eval_every and (step % args.eval_every == 0 or step == max_steps):
-            log["val_accuracy"] = validate(raw, tokenizer, val, args, rank, world, autocast)
+            log.update(validate(raw, tokenizer, val, args, rank, world, autocast))
         if master:
             metrics_file.write(json.dumps(log) + "\n")
             metrics_file.flush()
@@ -459,20 +448,24 @@ def main(argv=None):
             dist.barrier()
     bar.close()
     if ddp:
+        # Two barriers: gloo's worker threads may still be freeing the last collective's buffers after one,
+        # and tearing down under them aborts the process (seen with torch 2.13 on CPU).
+        dist.barrier()
+        dist.barrier()
         dist.destroy_process_group()
 
 
-def validate(model, tokenizer, examples, args, rank, world, autocast) -> float:
-    """Greedy accuracy on the validation split (eval.py's protocol), gathered over ranks."""
+def validate(model, tokenizer, examples, args, rank, world, autocast) -> dict:
+    """Greedy accuracy on the validation split with eval.py's protocol (all ranks share the work)."""
     import eval as evaluation
-    model.eval()
     with autocast:
         records = evaluation.evaluate(model, tokenizer, examples, gen_length=args.gen_length,
                                       block_length=args.block_length, steps=args.diffusion_steps, temperature=0.0,
                                       batch_size=args.gen_batch_size, prefill="", seed=args.seed, rank=rank,
                                       world=world, progress=False)
-    summary = evaluation.summarize(records)
-    return summary["accuracy"] if "accuracy" in summary else float("nan")
+    summary = evaluation.summarize(records)  # {task: {gen_length: {"accuracy": ...}}}
+    per_task = {task: by_len[args.gen_length]["accuracy"] for task, by_len in summary.items()}
+    return {"val_accuracy": sum(per_task.values()) / len(per_task), **{f"val/{t}": a for t, a in per_task.items()}}
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from data import EVAL_PREFILL, STYLES, format_prompt, load_tasks
 from model import LLaDA, example_generator, load_adapter, load_tokenizer
 from rewards import eval_score, parsed_answer
-from sample import generate
+from sample import generate, left_pad
 
 DEFAULT_OUT = "out/eval"
 
@@ -172,13 +172,9 @@ def evaluate(model, tokenizer, examples: list[dict], gen_length: int, block_leng
     bar = tqdm(total=len(order), unit="item", disable=not progress, desc=f"eval L={gen_length} seed={seed}")
     for b in range(0, len(order), batch_size):
         batch = order[b:b + batch_size]
-        P = max(len(ids[i]) for i in batch)
-        x = torch.full((len(batch), P), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), P), dtype=torch.long)
-        for row, i in enumerate(batch):  # left padding: every completion starts at column P
-            x[row, P - len(ids[i]):] = torch.tensor(ids[i])
-            mask[row, P - len(ids[i]):] = 1
-        out = generate(model, x.to(device), mask.to(device), steps=steps, gen_length=gen_length,
+        x, mask = left_pad([ids[i] for i in batch], pad_id, device)
+        P = x.shape[1]
+        out = generate(model, x, mask, steps=steps, gen_length=gen_length,
                        block_length=block_length, temperature=temperature, threshold=threshold,
                        generator=[row_generator(seed, i, device) for i in batch])  # (B, P + gen_length)
         texts = tokenizer.batch_decode(out[:, P:].cpu(), skip_special_tokens=True)

@@ -99,6 +99,17 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str, gens) -> t
     return torch.cat(x0s), torch.cat(confs)
 
 
+def left_pad(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> left-padded ids (B, P) and attention mask (B, P): every completion starts at column P."""
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, P - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
 def check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache="none"):
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")

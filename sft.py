@@ -400,6 +400,7 @@ def main(argv: list[str] | None = None):
         metrics.close()
     if ddp:
         dist.barrier()
+        dist.barrier()  # a second one: gloo may still free the last collective's buffers (see eval.py)
         dist.destroy_process_group()
 
 

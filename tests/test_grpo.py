@@ -206,3 +206,11 @@ def test_two_processes_match_one(sudoku_csv, tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     for k, v in adapter(tmp_path / "one" / "step-000002").items():
         torch.testing.assert_close(adapter(tmp_path / "two" / "step-000002")[k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_periodic_validation_is_logged(sudoku_csv, tmp_path):
+    from diffu_grpo import main
+    main(grpo_args(sudoku_csv, tmp_path, "--max-steps", "2", "--mu", "1", "--beta", "0", "--eval-every", "2",
+                   "--val-size", "3"))
+    rows = metrics(tmp_path)
+    assert "val_accuracy" not in rows[0] and 0.0 <= rows[1]["val_accuracy"] <= 1.0 and "val/sudoku" in rows[1]
