@@ -6,7 +6,15 @@ and "target" follows rewards.py: gsm8k = the GSM8K answer text (with "#### n"), 
 (or the final answer when there is no solution), countdown = (numbers: list[int], target: int), sudoku =
 (puzzle, solution) as 16-character strings, '0' = blank. Generated examples also carry "solution".
 
-The prompt strings are d1's exact strings (public d1 code): results are only comparable with the same prompts.
+Coding tasks (CODE_TASKS): "code" trains on KodCode-Light-RL-10K (train/val only), "humaneval" (164 problems) and
+"mbpp" (MBPP sanitized, 257 problems) are test sets only. Their target is {"tests": [str, ...]}: Python test code
+for sandbox.py, run after the model's program (plain JSON, so it survives eval.py's generations file unchanged).
+KodCode: its pytest module (`from solution import f`, `def test_x(): ...`) as ONE test; HumanEval: its `test` code
++ `check(<entry_point>)` as ONE test (the harness: all asserts in one run); MBPP: one test per assert of
+`test_list`, each preceded by `test_imports` (and the full config's `test_setup_code`).
+
+The prompt strings of d1's tasks (D1_TASKS) are d1's exact strings (public d1 code): results are only comparable
+with the same prompts. d1 published no coding prompts: CODE_SYSTEM below is ours, the same for --style rl and eval.
 
 Deliberate differences from d1:
 - Validation split (d1 had none and selected checkpoints on the test set). "val" is a held-out slice of the
@@ -20,6 +28,9 @@ Deliberate differences from d1:
   is filtered on purpose (Countdown items without 3 numbers, as d1) is counted and printed.
 - GSM8K answers without "####" (e.g. a bare number in a local file) become "#### <answer>".
 - Synthetic Sudoku/Countdown generators (unique-solution puzzles, guaranteed-solvable Countdown) for tiny CPU runs.
+- KodCode train/val: items whose test module sandbox.py cannot run as written are dropped and counted (it calls the
+  top-level `def test_*()` functions without arguments: parametrized/fixture tests would fail every solution, and
+  test classes would never run, passing every program). See `sandbox_gradable`.
 """
 from __future__ import annotations
 
@@ -38,7 +49,9 @@ from typing import Callable
 
 import numpy as np
 
-TASKS = ("gsm8k", "math", "countdown", "sudoku")
+D1_TASKS = ("gsm8k", "math", "countdown", "sudoku")  # d1's reasoning tasks, with d1's exact prompts
+CODE_TASKS = ("code", "humaneval", "mbpp")  # KodCode training (+ val); HumanEval and MBPP evaluation
+TASKS = D1_TASKS + CODE_TASKS
 SPLITS = ("train", "val", "test")
 STYLES = ("rl", "eval", "compact")
 
@@ -77,6 +90,14 @@ EVAL_SYSTEM = {  # GSM8K and MATH differ on purpose: d1's strings (a space after
 }
 EVAL_PREFILL = "<reasoning>"
 SFT_SYSTEM = "\nRespond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n<answer>\n...\n</answer>\n"
+# Coding prompt (ours: d1 published none). One fenced block inside <answer>: sandbox.extract_code takes the last
+# block of the last <answer> that has one, and code_reward's format bonus needs the block inside <answer>.
+CODE_SYSTEM = (
+    "You are an expert Python programmer. Solve the programming problem below. Think it through step by step inside "
+    "<reasoning> tags, then give your final solution inside <answer> tags as ONE fenced Python code block: complete, "
+    "self-contained code (with the imports it needs) that defines the requested function with exactly the given name "
+    "and signature. Do not include tests, example usage or code that reads input.\n"
+    "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n```python\n...\n```\n</answer>\n")
 
 
 def _nums(f: dict) -> list[int]:
@@ -84,6 +105,14 @@ def _nums(f: dict) -> list[int]:
 
 
 def _question(task: str, f: dict, style: str) -> str:
+    if task == "code":  # KodCode questions rarely name the function; the tests import it by name
+        sigs = f.get("signatures") or []
+        return f["question"].strip() + ("\n\nYour code must define:\n" + "\n".join(sigs) if sigs else "")
+    if task == "humaneval":  # the signature + docstring prompt, to be completed as a whole function
+        return ("Complete the following Python function. Write the whole function, with the imports above it, in "
+                "your code block:\n```python\n" + f["prompt"].strip("\n") + "\n```")
+    if task == "mbpp":  # the usual MBPP prompt shows a test: it fixes the function's name and signature
+        return f["text"].strip() + "\nYour code should pass this test:\n" + f["example_test"].strip()
     if task == "gsm8k":
         return f["question"]
     if task == "math":
@@ -95,12 +124,15 @@ def _question(task: str, f: dict, style: str) -> str:
 
 def user_message(task: str, fields: dict, style: str = "rl") -> str:
     """The user message of one example. fields: gsm8k {question}, math {problem}, countdown {nums, target},
-    sudoku {puzzle}. style: "rl" (d1 training prompts), "eval" (d1 evaluation prompts) or "compact" (the bare
-    question, for tiny character-level models)."""
+    sudoku {puzzle}, code {question, signatures (list of str, may be empty)}, humaneval {prompt}, mbpp {text,
+    example_test}. style: "rl" (d1 training prompts), "eval" (d1 evaluation prompts) or "compact" (the bare
+    question, for tiny character-level models). Coding tasks have one prompt for rl and eval: CODE_SYSTEM."""
     _check(task, TASKS, "task")
     _check(style, STYLES, "style")
     if style == "compact":
         return _question(task, fields, style)
+    if task in CODE_TASKS:
+        return CODE_SYSTEM + "\n" + _question(task, fields, style)
     if style == "eval":
         return EVAL_SYSTEM[task] + "\n\n" + _question(task, fields, style)
     if task == "gsm8k":
@@ -152,8 +184,11 @@ SOURCES = {
     ("countdown", "test"): ("d1", "countdown_cd3_test.jsonl"),
     ("sudoku", "train"): ("d1", "4x4_sudoku_unique_puzzles.csv"),
     ("sudoku", "test"): ("d1", "4x4_test_sudoku.csv"),
+    ("code", "train"): ("hub", "KodCode/KodCode-Light-RL-10K", None, "train"),  # 10,000 items, no test split
+    ("humaneval", "test"): ("hub", "openai/openai_humaneval", None, "test"),  # 164 items
+    ("mbpp", "test"): ("hub", "google-research-datasets/mbpp", "sanitized", "test"),  # 257 items
 }
-HOLDOUT = {"gsm8k": 256, "math": 256, "countdown": 500, "sudoku": 500}  # val size cap (see module docstring)
+HOLDOUT = {"gsm8k": 256, "math": 256, "countdown": 500, "sudoku": 500, "code": 256}  # val size cap (module docstring)
 SHUFFLE_SEED = 42
 
 
@@ -325,7 +360,76 @@ def _parse_sudoku(row, src, i):
     return {"puzzle": puzzle}, (puzzle, solution)
 
 
-PARSERS = {"gsm8k": _parse_gsm8k, "math": _parse_math, "countdown": _parse_countdown, "sudoku": _parse_sudoku}
+def _str_list(v, field: str, src, i, allow_empty: bool = False) -> list[str]:
+    if isinstance(v, np.ndarray):  # Parquet list cells
+        v = v.tolist()
+    if (not isinstance(v, (list, tuple)) or not (v or allow_empty)
+            or not all(isinstance(s, str) and s.strip() for s in v)):
+        raise ValueError(f"{src}: row {i + 1}: field {field!r} must be a {'' if allow_empty else 'non-empty '}list of "
+                         f"non-empty strings, got {v!r}")
+    return list(v)
+
+
+_SOLUTION_IMPORT = re.compile(r"^from[ \t]+solution[ \t]+import[ \t]+(?:\(([^)]*)\)|([^\n#;]+))", re.MULTILINE)
+
+
+def _parse_code(row, src, i):
+    """KodCode: question + its pytest module `test`; `test_info` (optional) gives the function declarations."""
+    question = _text(row, ("question",), src, i)
+    test = _text(row, ("test",), src, i)
+    info = row.get("test_info")
+    info = info.tolist() if isinstance(info, np.ndarray) else info
+    if info is not None and not (isinstance(info, (list, tuple)) and all(isinstance(t, dict) for t in info)):
+        raise ValueError(f"{src}: row {i + 1}: field 'test_info' must be a list of objects, got {info!r}")
+    sigs = [str(t.get("function_declaration") or t.get("function_name") or "").strip() for t in info or []]
+    sigs = [s for s in sigs if s]
+    if not sigs:  # no declarations: the names the tests import from the solution
+        names = ",".join(a or b for a, b in _SOLUTION_IMPORT.findall(test)).split(",")
+        sigs = [n.split()[0] for n in names if n.strip() and n.strip() != "*"]  # "f as g" -> "f"
+    return {"question": question, "signatures": sigs}, {"tests": [test]}
+
+
+def _parse_humaneval(row, src, i):
+    """HumanEval: prompt (signature + docstring), test (defines check(candidate)), entry_point."""
+    prompt = _text(row, ("prompt",), src, i)
+    test = _text(row, ("test",), src, i)
+    entry = _text(row, ("entry_point",), src, i).strip()
+    if not entry.isidentifier():
+        raise ValueError(f"{src}: row {i + 1}: field 'entry_point' must be a function name, got {entry!r}")
+    if "def check(" not in test:
+        raise ValueError(f"{src}: row {i + 1}: field 'test' must define check(candidate)")
+    return {"prompt": prompt}, {"tests": [f"{test.rstrip()}\n\n\ncheck({entry})\n"]}  # the harness: one run
+
+
+def _parse_mbpp(row, src, i):
+    """MBPP: prompt (sanitized config; the full config calls it text), test_list, test_imports (sanitized) or
+    test_setup_code (full), both optional."""
+    text = _text(row, ("prompt", "text"), src, i)
+    asserts = _str_list(_field(row, ("test_list",), src, i), "test_list", src, i)
+    imports = row.get("test_imports")
+    imports = [] if imports is None else _str_list(imports, "test_imports", src, i, allow_empty=True)
+    setup = row.get("test_setup_code") or ""
+    if not isinstance(setup, str):
+        raise ValueError(f"{src}: row {i + 1}: field 'test_setup_code' must be a string, got {setup!r}")
+    head = "\n".join([*imports, setup]).strip()
+    tests = [f"{head}\n{a}" if head else a for a in asserts]
+    return {"text": text, "example_test": asserts[0]}, {"tests": tests}
+
+
+PARSERS = {"gsm8k": _parse_gsm8k, "math": _parse_math, "countdown": _parse_countdown, "sudoku": _parse_sudoku,
+           "code": _parse_code, "humaneval": _parse_humaneval, "mbpp": _parse_mbpp}
+
+
+_ANY_TEST_FUNCTION = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+test\w*[ \t]*\(", re.MULTILINE)  # pytest's view
+_RUNNABLE_TEST_FUNCTION = re.compile(r"^def (test_\w*)\s*\(\s*\)", re.MULTILINE)  # what sandbox.py calls
+
+
+def sandbox_gradable(test: str) -> bool:
+    """True iff sandbox.py grades this pytest-style module as written: it has test functions and every function
+    pytest would collect is a top-level `def test_*()` without parameters (the sandbox calls exactly those, with
+    no arguments, ignoring decorators: a parametrized or fixture test fails every solution; a method of a test
+    class or an async test never runs, so it would pass every program)."""
+    return len(_ANY_TEST_FUNCTION.findall(test)) == len(_RUNNABLE_TEST_FUNCTION.findall(test)) > 0
 
 
 def make_example(task: str, fields: dict, target, id: str, style: str = "rl") -> dict:
@@ -358,10 +462,15 @@ def load_task(task: str, split: str, path=None, style: str = "rl", limit: int | 
               *, test_path=None) -> list[dict]:
     """Examples of one task and split ("train", "val" or "test"). path: a local file with the task's raw fields
     (the training file for train/val, the test file for test); None downloads the source (tasks.md).
-    test_path: Countdown train/val only, the test file whose items are removed from training (default: d1's)."""
+    test_path: Countdown train/val only, the test file whose items are removed from training (default: d1's).
+    "code" has train/val only (evaluate coding on "humaneval" and "mbpp"), which have a test split only."""
     _check(task, TASKS, "task")
     _check(split, SPLITS, "split")
     source_split = "test" if split == "test" else "train"  # val is carved out of the training data
+    if (task, source_split) not in SOURCES:
+        have = ["test"] if (task, "test") in SOURCES else ["train", "val"]
+        raise ValueError(f"task {task!r} has no {split!r} split (it has {', '.join(have)})"
+                         + ("; evaluate coding on humaneval and mbpp" if task == "code" else ""))
     rows, src = _raw_rows(task, source_split, path)
     items = [(i, *PARSERS[task](row, src, i)) for i, row in enumerate(rows)]  # (row index, fields, target)
     if source_split == "train":
@@ -369,6 +478,11 @@ def load_task(task: str, split: str, path=None, style: str = "rl", limit: int | 
             n = len(items)
             items = [it for it in items if len(it[1]["nums"]) == 3]
             _log(f"countdown {src}: kept {len(items)} of {n} items with 3 numbers ({n - len(items)} filtered out)")
+        if task == "code":
+            n = len(items)
+            items = [it for it in items if sandbox_gradable(it[2]["tests"][0])]
+            _log(f"code {src}: kept {len(items)} of {n} items whose tests the sandbox runs as written "
+                 f"({n - len(items)} with parametrized, fixture or class-based tests filtered out)")
         order = np.random.default_rng(SHUFFLE_SEED).permutation(len(items))  # == datasets' shuffle(seed=42)
         items = [items[j] for j in order]
         k = min(HOLDOUT[task], len(items) // 10)

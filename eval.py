@@ -1,10 +1,16 @@
-"""Evaluate LLaDA checkpoints on GSM8K, MATH-500, Countdown and 4x4 Sudoku with d1's protocol.
+"""Evaluate LLaDA checkpoints on GSM8K, MATH-500, Countdown and 4x4 Sudoku with d1's protocol, and on the coding
+sets HumanEval and MBPP (sanitized, test split).
 
 d1 protocol (the defaults): the "eval" prompts (d1's evaluation system texts, which differ from its training
 prompts), chat template + the prefill `<reasoning>`, greedy decoding (temperature 0) with low-confidence
 remasking, block length 32, steps = gen_length / 2, gen lengths 128, 256 and 512, batches of 8. Verdicts come
 from rewards.eval_score (d1's "generous" parsers). Accuracy is the mean 0/1 verdict, except Sudoku: correct
 blank cells over ALL blank cells of the set (d1's micro-average, not the mean of per-puzzle fractions).
+Coding (--task humaneval,mbpp; "code" = KodCode, for --split val): pass@1 of the greedy completion, i.e. the
+mean 0/1 verdict of sandbox.pass_at_1 (the extracted program passes all of the problem's tests in one sandboxed
+process); the sandboxes of a batch run in parallel (rewards.CODE_WORKERS). Our prompt (data.CODE_SYSTEM; d1
+published none) asks for the solution as one fenced Python block inside <answer>. The sandbox limits resources
+but is no container: see sandbox.py before evaluating untrusted models.
 
 Deliberate deviations from d1:
 - Padding is masked: prompts of a batch are left-padded and the attention mask hides the padding. d1 passed
@@ -22,6 +28,8 @@ length, with the number of items and the wall time). `--rescore` re-scores a gen
 current parsers without loading any model.
 
 CPU (tiny smoke test):  python eval.py --model CKPT --task sudoku --style compact --data-path s.csv --gen-length 16 --block-length 8 --limit 8
+Coding (tiny, offline): python eval.py --model CKPT --task humaneval,mbpp --data-path h.jsonl,m.jsonl --gen-length 16 --block-length 8 --limit 2
+Coding (1 GPU):         python eval.py --model GSAI-ML/LLaDA-8B-Instruct --adapter out/grpo/step-005000 --task humaneval,mbpp --gen-length 512
 1 GPU:                  python eval.py --model GSAI-ML/LLaDA-8B-Instruct --adapter out/grpo/step-007700 --task gsm8k
 8 GPUs:                 torchrun --standalone --nproc_per_node=8 eval.py --checkpoints runs/gsm8k --task gsm8k,math,countdown,sudoku
 Select on validation:   torchrun ... eval.py --checkpoints runs/gsm8k --task gsm8k --split val --out-dir out/val
@@ -46,7 +54,7 @@ from tqdm import tqdm
 
 from data import EVAL_PREFILL, STYLES, format_prompt, load_tasks
 from model import LLaDA, example_generator, load_adapter, load_tokenizer
-from rewards import eval_score, parsed_answer
+from rewards import eval_scores, parsed_answer
 from sample import generate, left_pad
 
 DEFAULT_OUT = "out/eval"
@@ -56,11 +64,17 @@ DEFAULT_OUT = "out/eval"
 
 
 def score_records(records: list[dict]) -> list[dict]:
-    """(Re)compute "parsed" and "score" of each record from its completion and target, in place."""
+    """(Re)compute "parsed" and "score" of each record from its completion and target, in place. Records are
+    scored task by task: coding verdicts run their sandboxes in parallel."""
+    by_task = defaultdict(list)
     for r in records:
-        target = tuple(r["target"]) if isinstance(r["target"], list) else r["target"]  # JSON turns tuples into lists
+        by_task[r["task"]].append(r)
         r["parsed"] = parsed_answer(r["task"], r["completion"])
-        r["score"] = eval_score(r["task"], r["completion"], target)
+    for task, rs in by_task.items():
+        # JSON turns tuples into lists (Countdown, Sudoku); coding targets are dicts and come back unchanged
+        targets = [tuple(r["target"]) if isinstance(r["target"], list) else r["target"] for r in rs]
+        for r, verdict in zip(rs, eval_scores(task, [r["completion"] for r in rs], targets)):
+            r["score"] = verdict
     return records
 
 
@@ -300,7 +314,9 @@ def main(argv=None):
     p.add_argument("--val-metric", default="val_accuracy", help="key of the validation metric in --val-file (higher = better)")
     p.add_argument("--only-selected", action="store_true",
                    help="with --checkpoints: evaluate only the last and the validation-selected checkpoints")
-    p.add_argument("--task", default="gsm8k,math,countdown,sudoku", help="comma-separated tasks")
+    p.add_argument("--task", default="gsm8k,math,countdown,sudoku",
+                   help="comma-separated tasks: gsm8k, math, countdown, sudoku; coding: humaneval, mbpp (test split), "
+                        "code (KodCode, --split val only)")
     p.add_argument("--split", default="test", choices=["test", "val"], help="test set, or the validation split (for selection)")
     p.add_argument("--data-path", default=None, help="local data file, one comma-separated path per task (default: download)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task (quick checks)")

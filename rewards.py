@@ -1,4 +1,5 @@
-r"""Answer parsers, RL rewards and evaluation verdicts for d1's tasks: GSM8K, MATH, Countdown, 4x4 Sudoku.
+r"""Answer parsers, RL rewards and evaluation verdicts for d1's tasks: GSM8K, MATH, Countdown, 4x4 Sudoku, and
+the coding tasks: KodCode training ("code"), HumanEval and MBPP evaluation.
 
 Pure standard-library Python (no torch), two entry points:
 
@@ -14,6 +15,16 @@ Reward components (d1's values; COMPONENT_RANGE holds each range, REWARD_RANGE t
   countdown  correctness 0 (no <answer>...</answer>), 0.1 (present but wrong numbers, wrong value or not
              parsable), 1.0 (uses the given numbers once each and hits the target within 1e-5)
   sudoku     correctness = fraction of the puzzle's empty cells whose answer digit equals the solution's
+  code       correctness = fraction of the target's tests the extracted program passes, each test in its own
+             sandboxed process | format = sandbox.FORMAT_BONUS (0.1) when the code block is inside <answer>;
+             total in [0, 1.1]. humaneval and mbpp share it (they are only evaluated, never trained on).
+
+Coding verdicts (code, humaneval, mbpp): sandbox.pass_at_1, 1.0 iff the program passes ALL the target's tests in
+one process (the HumanEval/MBPP harness), else 0.0. A coding target is {"tests": [str, ...]} (data.py). The
+program is the last fenced block of the last <answer> that has one, else the last block of the text
+(sandbox.extract_code). Time is bounded by the sandbox's timeouts (5 s per run); completions longer than
+MAX_CODE_CHARS score 0 without being searched, because sandbox.extract_code's regexes take quadratic time on
+some adversarial strings. score() and eval_scores() run the sandboxes of a batch in parallel (CODE_WORKERS).
 
 Deliberate fixes of the public d1 code (each changes its numbers):
   1. DOTALL: d1's strict and soft format regexes lacked re.DOTALL, so multi-line reasoning never matched.
@@ -38,9 +49,13 @@ linear pass, so every function here returns in bounded time on any string.
 """
 
 import ast
+import concurrent.futures
 import math
 import operator
+import os
 import re
+
+import sandbox
 
 # ----------------------------------------------------------------------------- extraction
 
@@ -417,19 +432,61 @@ def sudoku_eval(completion: str, target) -> float:
     return _blank_fraction(parse_sudoku(completion), puzzle, solution)
 
 
+# ----------------------------------------------------------------------------- coding (KodCode, HumanEval, MBPP)
+
+# No 512-token completion comes near this; it bounds the quadratic worst case of sandbox.extract_code's regexes
+# ("<answer>" repeated without "</answer>", long runs of spaces after ```) to ~0.1 s.
+MAX_CODE_CHARS = 16_000
+CODE_WORKERS = min(8, os.cpu_count() or 1)  # sandboxes run at once by score() / eval_scores()
+
+
+def code_tests(target) -> list[str]:
+    """The tests of a coding target {"tests": [str, ...]}; a malformed target is a caller's bug and raises (an
+    empty list too: pass@1 would then accept any program that runs)."""
+    tests = target.get("tests") if isinstance(target, dict) else None
+    if not isinstance(tests, (list, tuple)) or not tests or not all(isinstance(t, str) for t in tests):
+        raise ValueError(f'a coding target is {{"tests": [str, ...]}} (at least one), got {str(target)[:200]!r}')
+    return list(tests)
+
+
+def code_reward(completion: str, target) -> dict[str, float]:
+    """Coding training reward: sandbox.code_reward (fraction of tests passed + format bonus), tests run one after
+    another (score() parallelises over completions instead)."""
+    tests = code_tests(target)
+    if len(completion) > MAX_CODE_CHARS:
+        return {"correctness": 0.0, "format": 0.0}
+    r = sandbox.code_reward(completion, tests, workers=1)
+    return {"correctness": float(r["correctness"]), "format": float(r["format"])}
+
+
+def code_eval(completion: str, target) -> float:
+    """pass@1 verdict: 1.0 iff the extracted program passes all tests in one sandboxed run."""
+    tests = code_tests(target)
+    return 0.0 if len(completion) > MAX_CODE_CHARS else sandbox.pass_at_1(completion, tests)
+
+
+def code_prediction(completion: str) -> str:
+    """The program the verdict runs ("" when there is none)."""
+    return "" if len(completion) > MAX_CODE_CHARS else (sandbox.extract_code(completion) or "")
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 # task -> (training reward, evaluation verdict, (min, max) of every reward component). A training reward
-# returns its components only; reward() adds "total". Adding a task is one entry here, e.g.
-# "code": (sandbox.code_reward, <its verdict>, {<component>: (lo, hi), ...}).
+# returns its components only; reward() adds "total". Adding a task is one entry here.
+_CODE = (code_reward, code_eval, {"correctness": (0.0, 1.0), "format": (0.0, sandbox.FORMAT_BONUS)})
 _TASKS = {
     "gsm8k": (gsm8k_reward, gsm8k_eval, {"correctness": (0.0, 2.0), "integer": (0.0, 0.5),
               "strict_format": (0.0, 0.5), "soft_format": (0.0, 0.5), "xml_count": (0.0, 0.5)}),
     "math": (math_reward, math_eval, {"correctness": (0.0, 2.0), "format": (0.25, 1.0)}),
     "countdown": (countdown_reward, countdown_eval, {"correctness": (0.0, 1.0)}),
     "sudoku": (sudoku_reward, sudoku_eval, {"correctness": (0.0, 1.0)}),
+    "code": _CODE,
+    "humaneval": _CODE,
+    "mbpp": _CODE,
 }
-TASKS = tuple(_TASKS)  # ("gsm8k", "math", "countdown", "sudoku")
+TASKS = tuple(_TASKS)  # ("gsm8k", "math", "countdown", "sudoku", "code", "humaneval", "mbpp")
+CODE_TASKS = ("code", "humaneval", "mbpp")  # verdicts run programs: batches are scored in parallel
 COMPONENT_RANGE = {task: spec[2] for task, spec in _TASKS.items()}
 # Every component can reach its bounds independently, so the total's range is the sum of theirs.
 REWARD_RANGE = {task: (sum(lo for lo, _ in r.values()), sum(hi for _, hi in r.values()))
@@ -449,17 +506,33 @@ def reward(task: str, completion: str, target) -> dict[str, float]:
     return parts
 
 
-def score(task: str, completions: list[str], targets: list) -> dict[str, list[float]]:
-    """Batched reward: component name (and "total") -> one value per completion."""
+def _map(task: str, fn, completions: list[str], targets: list, workers: int | None) -> list:
+    """[fn(c, t) ...] in order; for coding tasks on a thread pool (each call waits on its sandbox processes)."""
     if len(completions) != len(targets):
         raise ValueError(f"{len(completions)} completions but {len(targets)} targets")
-    rows = [reward(task, c, t) for c, t in zip(completions, targets)]
+    _lookup(task)
+    workers = min(workers or CODE_WORKERS, len(completions))
+    if task not in CODE_TASKS or workers <= 1:
+        return [fn(c, t) for c, t in zip(completions, targets)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, completions, targets))
+
+
+def score(task: str, completions: list[str], targets: list, workers: int | None = None) -> dict[str, list[float]]:
+    """Batched reward: component name (and "total") -> one value per completion. Coding tasks run up to
+    `workers` (default CODE_WORKERS) sandboxes at once."""
+    rows = _map(task, lambda c, t: reward(task, c, t), completions, targets, workers)
     return {name: [row[name] for row in rows] for name in [*COMPONENT_RANGE[task], "total"]}
 
 
 def eval_score(task: str, completion: str, target) -> float:
-    """Evaluation verdict in [0, 1] of d1's generous parser for the task."""
+    """Evaluation verdict in [0, 1] of d1's generous parser for the task (coding: pass@1)."""
     return float(_lookup(task)[1](completion, target))
+
+
+def eval_scores(task: str, completions: list[str], targets: list, workers: int | None = None) -> list[float]:
+    """eval_score of each (completion, target), in order; coding tasks run up to `workers` sandboxes at once."""
+    return _map(task, lambda c, t: eval_score(task, c, t), completions, targets, workers)
 
 
 # What the evaluation parser of each task read from a completion, as text (eval.py stores it per item).
@@ -468,6 +541,9 @@ _PREDICTIONS = {
     "math": math_prediction,
     "countdown": countdown_expression,
     "sudoku": parse_sudoku,
+    "code": code_prediction,
+    "humaneval": code_prediction,
+    "mbpp": code_prediction,
 }
 
 

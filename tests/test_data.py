@@ -65,7 +65,7 @@ def test_prompts_equal_d1_json():
             template = template.replace("{" + k + "}", v)
         return template
 
-    for task in data.TASKS:
+    for task in data.D1_TASKS:
         assert data.user_message(task, FIELDS[task], "rl") == fill(p[f"rl_{task}_user"]), task
         expected = p["eval_user"].replace("{system}", p[f"eval_{task}_system"]).replace(
             "{question}", fill(p["eval_questions"][task]))

@@ -350,11 +350,12 @@ def test_sudoku_on_d1_test_file():
 # ----------------------------------------------------------------------------- dispatch
 
 def test_dispatch_and_ranges():
-    assert TASKS == ("gsm8k", "math", "countdown", "sudoku")
+    assert TASKS == ("gsm8k", "math", "countdown", "sudoku", "code", "humaneval", "mbpp")
     assert set(REWARD_RANGE) == set(COMPONENT_RANGE) == set(TASKS)
-    assert REWARD_RANGE == {"gsm8k": (0.0, 4.0), "math": (0.25, 3.0), "countdown": (0.0, 1.0), "sudoku": (0.0, 1.0)}
+    assert REWARD_RANGE == {"gsm8k": (0.0, 4.0), "math": (0.25, 3.0), "countdown": (0.0, 1.0), "sudoku": (0.0, 1.0),
+                            "code": (0.0, 1.1), "humaneval": (0.0, 1.1), "mbpp": (0.0, 1.1)}
     with pytest.raises(ValueError, match="gsm8k, math, countdown, sudoku"):
-        reward("code", "x", None)
+        reward("chess", "x", None)
     with pytest.raises(ValueError, match="known tasks"):
         eval_score("GSM8K", "x", "1")
 
@@ -371,7 +372,7 @@ def test_score_batch():
 # ----------------------------------------------------------------------------- properties
 
 TARGETS = {"gsm8k": "#### -42", "math": r"The answer is $\boxed{\frac{1}{2}}$.", "countdown": ([30, 100, 93], 23),
-           "sudoku": SUDOKU}
+           "sudoku": SUDOKU, **dict.fromkeys(("code", "humaneval", "mbpp"), {"tests": ["assert f(1) == 2"]})}
 ATOMS = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", " ", "\\boxed{", "\\boxed {", "\\fbox{",
          "{", "}", "\\frac", "\\dfrac12", "\\text{ cm}", "=", "+", "-", "*", "/", "**", "(", ")", ".", ",", "$",
          "%", "42", "-3", "1,000", "2.5", "30", "93", "100", "3142243142131324", "__import__('os')", "é", "∞",
@@ -437,7 +438,8 @@ def test_never_raises_in_range_and_bounded_time():
         check_rewards(text)
         slowest = max(slowest, time.perf_counter() - t0)
     elapsed = time.perf_counter() - start
-    # 4 rewards + 4 verdicts + every parser per string; linear-time parsing keeps even 100 KB strings fast.
+    # 7 rewards + 7 verdicts + every parser per string; linear-time parsing keeps even 100 KB strings fast (the
+    # coding tasks run no program here: no string has a fenced block; tests/test_code_task.py covers those).
     assert slowest < 0.5, slowest
     assert elapsed < 5.0, elapsed
 
