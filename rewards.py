@@ -22,9 +22,8 @@ Reward components (d1's values; COMPONENT_RANGE holds each range, REWARD_RANGE t
 Coding verdicts (code, humaneval, mbpp): sandbox.pass_at_1, 1.0 iff the program passes ALL the target's tests in
 one process (the HumanEval/MBPP harness), else 0.0. A coding target is {"tests": [str, ...]} (data.py). The
 program is the last fenced block of the last <answer> that has one, else the last block of the text
-(sandbox.extract_code). Time is bounded by the sandbox's timeouts (5 s per run); completions longer than
-MAX_CODE_CHARS score 0 without being searched, because sandbox.extract_code's regexes take quadratic time on
-some adversarial strings. score() and eval_scores() run the sandboxes of a batch in parallel (CODE_WORKERS).
+(sandbox.extract_code, linear time). Time is bounded by the sandbox's timeouts (5 s per run). score() and
+eval_scores() run the sandboxes of a batch in parallel (CODE_WORKERS).
 
 Deliberate fixes of the public d1 code (each changes its numbers):
   1. DOTALL: d1's strict and soft format regexes lacked re.DOTALL, so multi-line reasoning never matched.
@@ -434,9 +433,6 @@ def sudoku_eval(completion: str, target) -> float:
 
 # ----------------------------------------------------------------------------- coding (KodCode, HumanEval, MBPP)
 
-# No 512-token completion comes near this; it bounds the quadratic worst case of sandbox.extract_code's regexes
-# ("<answer>" repeated without "</answer>", long runs of spaces after ```) to ~0.1 s.
-MAX_CODE_CHARS = 16_000
 CODE_WORKERS = min(8, os.cpu_count() or 1)  # sandboxes run at once by score() / eval_scores()
 
 
@@ -453,8 +449,6 @@ def code_reward(completion: str, target) -> dict[str, float]:
     """Coding training reward: sandbox.code_reward (fraction of tests passed + format bonus), tests run one after
     another (score() parallelises over completions instead)."""
     tests = code_tests(target)
-    if len(completion) > MAX_CODE_CHARS:
-        return {"correctness": 0.0, "format": 0.0}
     r = sandbox.code_reward(completion, tests, workers=1)
     return {"correctness": float(r["correctness"]), "format": float(r["format"])}
 
@@ -462,12 +456,12 @@ def code_reward(completion: str, target) -> dict[str, float]:
 def code_eval(completion: str, target) -> float:
     """pass@1 verdict: 1.0 iff the extracted program passes all tests in one sandboxed run."""
     tests = code_tests(target)
-    return 0.0 if len(completion) > MAX_CODE_CHARS else sandbox.pass_at_1(completion, tests)
+    return sandbox.pass_at_1(completion, tests)
 
 
 def code_prediction(completion: str) -> str:
     """The program the verdict runs ("" when there is none)."""
-    return "" if len(completion) > MAX_CODE_CHARS else (sandbox.extract_code(completion) or "")
+    return sandbox.extract_code(completion) or ""
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -249,14 +249,27 @@ def run_python(source: str, *, timeout: float = 5.0, memory_mb: int = 1024, max_
 
 # ----------------------------------------------------------------------------- tests and rewards
 
-_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# One optional "[ \t]*" after the language (never two adjacent ones): no backtracking on long runs of spaces.
+_FENCE = re.compile(r"```[ \t]*(?:(?:python3?|py)[ \t]*)?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _TEST_FUNCTION = re.compile(r"^def (test_\w*)\s*\(", re.MULTILINE)
+
+
+def _answer_blocks(text: str) -> list[str]:
+    """The contents of every complete <answer>...</answer>, in one linear scan (a regex rescans to the end
+    for each unclosed <answer>: quadratic on adversarial text)."""
+    blocks, pos = [], 0
+    while (start := text.find("<answer>", pos)) != -1:
+        end = text.find("</answer>", start + 8)
+        if end == -1:  # no later <answer> can close either
+            break
+        blocks.append(text[start + 8:end])
+        pos = end + 9
+    return blocks
 
 
 def _find_code(completion: str) -> tuple[str | None, bool]:
     """(code, whether it came from inside <answer>...</answer>); see extract_code."""
-    for text in reversed(_ANSWER.findall(completion)):
+    for text in reversed(_answer_blocks(completion)):
         if blocks := _FENCE.findall(text):
             return blocks[-1], True
     blocks = _FENCE.findall(completion)
