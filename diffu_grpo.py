@@ -27,12 +27,28 @@ Deliberate differences from the public d1 code (method.md, "Pitfalls"):
 - rewards fixed as documented in rewards.py (safe Countdown evaluator, DOTALL regexes, negative GSM8K, ...);
 - validation on a held-out split of the TRAINING data; the test set is never used for selection.
 
+Full fine-tuning (--lora-r 0): fp32 master weights, gradients and AdamW state (~16 bytes/parameter, 128 GB at 8B)
+plus, with beta > 0, a frozen bf16 copy as the KL reference (2 bytes/parameter; --beta 0 drops it and the
+reference pass). Plain DDP replicates all of it on every GPU; --fsdp shards policy and reference over the ranks
+(FSDP2, model.shard_fsdp) and writes sharded checkpoints (torch.distributed.checkpoint; --export converts one to
+an HF-layout model, --merge writes one at the end). --fsdp is explicit, never automatic; LoRA stays on DDP. The
+sampler and the log-prob estimator run on the sharded model as they are (each sharded unit all-gathers itself
+when called). Start-up prints the per-GPU memory budget (model.memory_budget, computed) and refuses to start when
+it exceeds the GPU's memory.
+
 Commands:
   CPU smoke test:  python diffu_grpo.py --init tiny --task sudoku --train-path puzzles.csv --style compact \\
                        --gen-length 32 --block-length 16 --diffusion-steps 16 --max-steps 3
   1 GPU:           python diffu_grpo.py --task gsm8k
   8 GPUs (d1):     torchrun --nproc_per_node=8 diffu_grpo.py --task gsm8k
   mixed tasks:     torchrun --nproc_per_node=8 diffu_grpo.py --task gsm8k,math,countdown,sudoku
+  8 GPUs, full fine-tuning (sharded):
+                   torchrun --standalone --nproc_per_node=8 diffu_grpo.py --task gsm8k --init out/sft-s1k-full/merged \\
+                       --lora-r 0 --fsdp --grad-checkpointing --merge
+  2 nodes x 8 GPUs (the same line on each node, NODE_RANK 0 and 1; --out-dir on a filesystem both nodes see):
+                   torchrun --nnodes 2 --nproc_per_node 8 --node-rank $NODE_RANK --rdzv-backend c10d \\
+                       --rdzv-endpoint $HOST:29500 diffu_grpo.py --task gsm8k --init out/sft-s1k-full/merged \\
+                       --lora-r 0 --fsdp --grad-checkpointing --merge --out-dir /shared/out/grpo-full
 """
 from __future__ import annotations
 
@@ -50,9 +66,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
-from model import (LLaDA, apply_lora, example_generator, load_adapter, load_checkpoint_state, load_tokenizer,
-                   checkpoints, lora_disabled, lora_modules, make_char_tokenizer, mask_tokens, merge_lora, preset_config,
-                   row_uniforms, save_checkpoint)
+from model import (LLaDA, apply_lora, check_memory_budget, checkpoints, example_generator, export_sharded_checkpoint,
+                   load_adapter, load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, lora_disabled,
+                   lora_modules, make_char_tokenizer, mask_tokens, memory_budget, merge_lora, preset_config,
+                   row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint, shard_fsdp)
 from sample import generate, left_pad
 
 # d1's per-task defaults (launch scripts): inner iterations mu and total outer steps.
@@ -84,7 +101,8 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     noisy_prompt, _ = mask_tokens(prompt_ids, prompt_mask.bool(), p_mask_prompt, u, mask_id)
     x = torch.cat([noisy_prompt, torch.full_like(completion_ids, mask_id)], dim=1)  # (B, P + G)
     am = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
-    h = model(x, am, positions=slice(P, None), return_hidden=True)  # (B, G, D), through DDP's forward
+    # Through the model's forward (DDP/FSDP hooks); sliced outside it: FSDP warns when a forward returns a view.
+    h = model(x, am, return_hidden=True)[:, P:]  # (B, G, D)
     head = unwrap(model).head
     out = []
     for r in range(0, B, chunk_rows):
@@ -159,7 +177,8 @@ def step_prompts(n: int, step: int, per_step: int, seed: int) -> list[int]:
 
 
 def build_model(args, device, dtype):
-    """The policy (with LoRA unless --lora-r 0), its tokenizer, and for full fine-tuning a frozen reference."""
+    """The policy (with LoRA unless --lora-r 0), its tokenizer, and for full fine-tuning with beta > 0 a frozen
+    copy in `dtype` as the KL reference. With --fsdp both are sharded (after init_process_group)."""
     if args.init == "tiny":  # random tiny model: smoke tests of the code path
         tokenizer = make_char_tokenizer()
         model = LLaDA(preset_config("tiny", tokenizer)).init_weights(args.seed)
@@ -177,12 +196,19 @@ def build_model(args, device, dtype):
         # Frozen base weights in the compute dtype; adapters (and their optimizer state) stay fp32.
         model = apply_lora(model.to(device, dtype), args.lora_r, args.lora_alpha, args.lora_dropout,
                            args.lora_targets.split(","), seed=args.seed)
-    else:
-        model = model.to(device)  # full fine-tuning: fp32 master weights, bf16 autocast compute
-        if args.beta > 0:
-            ref = LLaDA(model.config).to(device, dtype)
-            ref.load_state_dict(model.state_dict())
+    else:  # full fine-tuning: fp32 master weights, bf16 compute
+        if args.beta > 0:  # built on the meta device, then given copies of the weights: no random init
+            with torch.device("meta"):
+                ref = LLaDA(model.config)
+            ref.load_state_dict({k: v.to(dtype, copy=True) for k, v in model.state_dict().items()}, assign=True)
             ref.requires_grad_(False).eval()
+        if args.fsdp:  # each rank keeps (and moves to its GPU) 1/world of the weights
+            shard_fsdp(model, device, mp_dtype=dtype if device.startswith("cuda") and dtype != torch.float32 else None)
+            if ref is not None:
+                shard_fsdp(ref, device)  # already in the compute dtype; no_grad only, never a gradient
+        else:
+            model = model.to(device)
+            ref = ref.to(device) if ref is not None else None
     model.gradient_checkpointing = args.grad_checkpointing
     return model, tokenizer, ref
 
@@ -234,6 +260,9 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch-size", type=int, default=6, help="completions per forward/backward")
     p.add_argument("--max-steps", type=int, default=None, help="outer steps (default: d1's per task)")
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--fsdp", action="store_true",
+                   help="full fine-tuning (--lora-r 0) under torchrun: shard weights, gradients, AdamW state and the "
+                        "KL reference over the ranks (FSDP2); checkpoints are sharded (torch.distributed.checkpoint)")
     # bookkeeping
     p.add_argument("--out-dir", default="out/grpo")
     p.add_argument("--eval-every", type=int, default=100, help="validation accuracy every N steps (0 = never)")
@@ -241,6 +270,11 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--keep-last", type=int, default=0, help="keep only the last N checkpoints (0 = all)")
     p.add_argument("--resume", default=None, help="checkpoint folder, or 'auto' for the newest in --out-dir")
+    p.add_argument("--merge", action="store_true",
+                   help="at the end write out_dir/merged: a full HF-layout model (LoRA merged; --fsdp: gathered)")
+    p.add_argument("--export", default=None, metavar="CKPT",
+                   help="convert the sharded checkpoint folder CKPT to an HF-layout model in CKPT-hf (one process, "
+                        "CPU, in --dtype) and exit")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
@@ -253,6 +287,15 @@ def main(argv=None):
     args = parse_args(argv)
     import data
     import rewards
+    if args.export:
+        out = export_sharded_checkpoint(args.export, args.export.rstrip("/") + "-hf", getattr(torch, args.dtype))
+        print(f"wrote {out}")
+        return
+    if args.fsdp and (args.lora_r > 0 or "RANK" not in os.environ):
+        raise ValueError("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
+    if args.fsdp and args.threshold is not None:
+        raise ValueError("--threshold makes the number of sampler forwards differ between ranks, which FSDP's "
+                         "collective all-gathers cannot follow: leave it unset with --fsdp")
 
     # -- distributed setup: the same script runs under `python` and `torchrun`
     ddp = "RANK" in os.environ
@@ -287,6 +330,17 @@ def main(argv=None):
               f"grad accum {accum} | mu {mu} | steps {max_steps}")
 
     model, tokenizer, ref_model = build_model(args, device, dtype)
+    budget = memory_budget(model.config, world, args.lora_r, fsdp=args.fsdp, reference=ref_model is not None,
+                           lora_targets=args.lora_targets.split(","), compute_bytes=dtype.itemsize,
+                           micro_batch=args.micro_batch_size, seq_len=args.max_prompt_length + args.gen_length,
+                           logit_rows=2 * args.gen_length, grad_checkpointing=args.grad_checkpointing,
+                           grad_accum=accum)  # logits: completion_logprobs' 2-row chunks
+    line = check_memory_budget(budget, device)  # raises on every rank when it cannot fit the GPU
+    if master:
+        print(line)
+        if ref_model is not None:
+            print(f"KL reference: a frozen {args.dtype} copy of the weights, {budget['reference'] / 2**30:.2f} GiB "
+                  f"per GPU ({'sharded' if args.fsdp else 'replicated'}); --beta 0 drops it and its forward passes")
     mask_id, eos_id = model.config.mask_token_id, model.config.eos_token_id
     train = data.load_tasks(args.task, "train", path=args.train_path, style=args.style)
     val = data.load_tasks(args.task, "val", path=args.train_path, style=args.style, limit=args.val_size)
@@ -295,6 +349,9 @@ def main(argv=None):
     if master:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"{len(train)} training / {len(val)} validation prompts | {trainable:,} trainable parameters")
+    if args.fsdp and args.eval_every and len(val) % world:
+        raise ValueError(f"--fsdp: the {len(val)} validation prompts must split evenly over {world} ranks (every rank "
+                         "must run as many sampler forwards: FSDP's all-gathers are collective); change --val-size")
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=tuple(map(float, args.betas.split(","))),
@@ -307,10 +364,11 @@ def main(argv=None):
             found = checkpoints(out_dir)
             ckpt = found[-1] if found else None
         if ckpt is not None:
-            step = load_checkpoint_state(ckpt, model, optimizer)["step"]
+            step = (load_sharded_checkpoint if args.fsdp else load_checkpoint_state)(ckpt, model, optimizer)["step"]
             if master:
                 print(f"resumed from {ckpt} at step {step}")
-    policy = DDP(model, device_ids=[device] if device.startswith("cuda") else None) if ddp else model
+    # FSDP's hooks live on the model itself; DDP wraps it.
+    policy = DDP(model, device_ids=[device] if device.startswith("cuda") else None) if ddp and not args.fsdp else model
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
@@ -390,7 +448,9 @@ def main(argv=None):
         for k in range(mu):
             for j, rows in enumerate(mbs):
                 last = j == len(mbs) - 1
-                sync = contextlib.nullcontext() if (last or not ddp) else policy.no_sync()
+                if args.fsdp:  # FSDP's no_sync: keep unsharded gradients until the last micro-step, then reduce-scatter
+                    policy.set_requires_gradient_sync(last)
+                sync = contextlib.nullcontext() if (last or not ddp or args.fsdp) else policy.no_sync()
                 with sync:
                     with autocast:
                         logp = est(policy, k, rows)
@@ -439,14 +499,26 @@ def main(argv=None):
                           f"len {log['completion_len']:.0f} | gen {t_gen:.1f}s logp {t_logp:.1f}s train {t_train:.1f}s"
                           + (f" | val {log['val_accuracy']:.3f}" if "val_accuracy" in log else ""))
             bar.update(1)
-            if step % args.save_every == 0 or step == max_steps:
+        if step % args.save_every == 0 or step == max_steps:
+            if args.fsdp:  # every rank writes its shards
+                save_sharded_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, {"args": vars(args), **log},
+                                        tokenizer)
+            elif master:
                 save_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, {"args": vars(args), **log},
                                 tokenizer, base_model=args.init)
+            if master:
                 for old_ckpt in checkpoints(out_dir)[:-args.keep_last] if args.keep_last else []:
                     shutil.rmtree(old_ckpt)
         if ddp:
             dist.barrier()
     bar.close()
+    if args.merge and args.fsdp:  # gathered to rank 0, written there (every rank takes part)
+        save_pretrained_fsdp(model, out_dir / "merged", tokenizer, dtype)
+    elif args.merge and master:
+        merged = merge_lora(model) if lora_modules(model) else model
+        merged.to(dtype).save_pretrained(out_dir / "merged", tokenizer=tokenizer)
+    if args.merge and master:
+        print(f"wrote {out_dir / 'merged'}")
     if ddp:
         # Two barriers: gloo's worker threads may still be freeing the last collective's buffers after one,
         # and tearing down under them aborts the process (seen with torch 2.13 on CPU).

@@ -24,9 +24,11 @@ import math
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -335,34 +337,40 @@ class LLaDA(nn.Module):
             self.write_files(tmp, tokenizer, max_shard_bytes)
 
     def write_files(self, folder: Path, tokenizer=None, max_shard_bytes: int = 5 * 2**30):
-        from safetensors.torch import save_file
         if any(isinstance(m, LoRALinear) for m in self.modules()):
             raise ValueError("merge_lora(model) before save_pretrained (or save the adapter with save_adapter)")
-        tensors = {checkpoint_key(k): v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        shards, current, size = [], {}, 0
-        for k, v in tensors.items():
-            nbytes = v.numel() * v.element_size()
-            if current and size + nbytes > max_shard_bytes:
-                shards.append(current)
-                current, size = {}, 0
-            current[k] = v
-            size += nbytes
-        shards.append(current)
-        with open(folder / "config.json", "w") as f:
-            json.dump(self.config.to_dict(), f, indent=2)
-        if len(shards) == 1:
-            save_file(shards[0], folder / "model.safetensors", metadata={"format": "pt"})
-        else:
-            weight_map = {}
-            for i, shard in enumerate(shards):
-                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, folder / name, metadata={"format": "pt"})
-                weight_map.update({k: name for k in shard})
-            total = sum(v.numel() * v.element_size() for v in tensors.values())
-            with open(folder / "model.safetensors.index.json", "w") as f:
-                json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
+        write_hf_files(folder, self.config, self.state_dict(), tokenizer, max_shard_bytes)
+
+
+def write_hf_files(folder: Path, cfg: Config, state_dict: dict, tokenizer=None, max_shard_bytes: int = 5 * 2**30):
+    """config.json + safetensors (one file, or shards + index) of a state dict with our keys, into `folder`.
+    Shared by save_pretrained and the export of a sharded (FSDP) model, whose full state dict lives on rank 0."""
+    from safetensors.torch import save_file
+    tensors = {checkpoint_key(k): v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    shards, current, size = [], {}, 0
+    for k, v in tensors.items():
+        nbytes = v.numel() * v.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[k] = v
+        size += nbytes
+    shards.append(current)
+    with open(folder / "config.json", "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+    if len(shards) == 1:
+        save_file(shards[0], folder / "model.safetensors", metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, folder / name, metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        total = sum(v.numel() * v.element_size() for v in tensors.values())
+        with open(folder / "model.safetensors.index.json", "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
 
 
 def checkpoint_key(state_dict_key: str) -> str:
@@ -632,6 +640,9 @@ def load_checkpoint_state(folder, model: LLaDA, optimizer=None) -> dict:
     folder = Path(folder)
     if not (folder / "state.json").is_file():
         raise FileNotFoundError(f"{folder} is not a training checkpoint (no state.json)")
+    if is_sharded_checkpoint(folder):
+        raise ValueError(f"{folder} holds FSDP shards (torch.distributed.checkpoint): resume it with --fsdp, or "
+                         "convert it to an HF-layout model with --export")
     if lora_modules(model):
         tensors = load_file(folder / "adapter_model.safetensors")
         for name, m in lora_modules(model):
@@ -648,6 +659,189 @@ def load_checkpoint_state(folder, model: LLaDA, optimizer=None) -> dict:
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
     with open(folder / "state.json") as f:
         return json.load(f)
+
+
+# -----------------------------------------------------------------------------
+# Full fine-tuning at scale: FSDP2 sharding, sharded checkpoints, the per-GPU memory budget
+#
+# AdamW full fine-tuning needs ~16 bytes per parameter (fp32 weights, gradients, two moments): 128 GB for 8B,
+# which DDP would replicate on every GPU. FSDP2 (torch.distributed.fsdp.fully_shard) keeps 1/world of each on
+# every rank and all-gathers one block's weights at a time. LoRA stays on DDP (its trainable state is tiny).
+
+
+def shard_fsdp(model: LLaDA, device, mp_dtype: torch.dtype | None = None, reshard_after_forward: bool = True) -> LLaDA:
+    """Shard `model` in place over all ranks (call after init_process_group; build the optimizer AFTER this).
+
+    Units: every block, the output head, and the root (embedding + final norm). The weights keep their dtype
+    (fp32 master weights for training); mp_dtype (bf16 on GPU, None = no cast on CPU) is the dtype they are
+    all-gathered and computed in, gradients are reduce-scattered in fp32. Parameters move to `device`.
+    - The head is its own unit because callers run it AFTER the root forward, on the positions that need
+      logits (sft_loss, diffu_grpo's chunked log-probs): each call all-gathers it and, in backward,
+      reduce-scatters its gradient.
+    - `hidden_states` is registered as a forward method: sft_loss calls it directly, not through forward.
+    - reshard_after_forward applies to the root too, so a frozen model (the KL reference, which never runs
+      backward) does not keep its embedding gathered after a forward."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    device = torch.device(device)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32 if mp_dtype is not None else None)
+    kw = dict(mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    for block in model.transformer.blocks:
+        fully_shard(block, **kw)
+    fully_shard(model.transformer.ff_out, **kw)
+    fully_shard(model, **kw)
+    register_fsdp_forward_method(model, "hidden_states")
+    return model
+
+
+def is_sharded_checkpoint(folder) -> bool:
+    """A step folder written by save_sharded_checkpoint (torch.distributed.checkpoint's .metadata file)."""
+    return (Path(folder) / ".metadata").is_file()
+
+
+def save_sharded_checkpoint(folder, model: LLaDA, optimizer, state: dict, tokenizer=None):
+    """Every rank writes its shards of the model and AdamW state (torch.distributed.checkpoint); rank 0 adds
+    config.json, the tokenizer and state.json. Atomic: written as <folder>.tmp<pid of rank 0>, renamed by rank 0
+    after a barrier. With several nodes, out_dir must be a filesystem all of them see. Call on every rank."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    folder, master = Path(folder), dist.get_rank() == 0
+    pid = [os.getpid()]
+    dist.broadcast_object_list(pid)  # one temporary name for all ranks
+    tmp = folder.with_name(f"{folder.name}.tmp{pid[0]}")
+    if master:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # DTensor shards: nothing is gathered
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    if master:
+        with open(tmp / "config.json", "w") as f:
+            json.dump(model.config.to_dict(), f, indent=2)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        with open(tmp / "state.json", "w") as f:
+            json.dump(state or {}, f, indent=2, default=str)
+    dist.barrier()  # every rank's shards are on disk
+    if master:
+        old = folder.with_name(f"{folder.name}.old{pid[0]}")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()  # nobody reads the folder before it has its final name
+
+
+def load_sharded_checkpoint(folder, model: LLaDA, optimizer) -> dict:
+    """Restore save_sharded_checkpoint's model and optimizer state into a sharded model, on every rank.
+    The world size may differ from the run that wrote it (DCP reshards on load). Returns state.json."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    folder = Path(folder)
+    if not is_sharded_checkpoint(folder):
+        raise ValueError(f"{folder} is not a sharded (FSDP) checkpoint: it has no .metadata file")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    sd = {"model": model_sd, "optim": optim_sd}
+    dcp.load(sd, checkpoint_id=folder)  # in place: each rank reads the pieces of its own shards
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    with open(folder / "state.json") as f:
+        return json.load(f)
+
+
+def save_pretrained_fsdp(model: LLaDA, folder, tokenizer=None, dtype: torch.dtype | None = None):
+    """The consolidated HF-layout model (what LLaDA.from_pretrained, eval.py and sample.py load) of a sharded
+    model: the full state dict is gathered to rank 0's CPU memory (4 bytes/parameter for fp32 weights, 32 GB at
+    8B) and written there in `dtype`. Call on every rank (the gather is collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        with atomic_dir(folder) as tmp:
+            write_hf_files(tmp, model.config, {k: v.to(dtype or v.dtype) for k, v in sd.items()}, tokenizer)
+    dist.barrier()
+
+
+def export_sharded_checkpoint(folder, out, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Convert a sharded training checkpoint (all ranks' files in `folder`) to an HF-layout model in `out`, in one
+    process without torch.distributed: every shard is read into a full fp32 model in CPU memory, then written."""
+    import torch.distributed.checkpoint as dcp
+    folder = Path(folder)
+    if not is_sharded_checkpoint(folder):
+        raise ValueError(f"{folder} is not a sharded (FSDP) checkpoint: it has no .metadata file")
+    with torch.device("meta"):
+        model = LLaDA(Config.from_json(folder / "config.json"))
+    model.to_empty(device="cpu")  # no random init of 8B parameters: every tensor is read below
+    sd = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # DCP warns that it runs without torch.distributed: that is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(sd, checkpoint_id=folder, no_dist=True)  # the model part only; the optimizer state stays on disk
+    tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").is_file() else None
+    with atomic_dir(out) as tmp:
+        write_hf_files(tmp, model.config, {k: v.to(dtype) for k, v in sd["model"].items()}, tokenizer)
+    return Path(out)
+
+
+def param_count(cfg: Config) -> int:
+    """Parameters of LLaDA(cfg), from the config alone: 8.02B for the release."""
+    d, h, E = cfg.d_model, cfg.mlp_hidden_size, cfg.embedding_size
+    return 2 * E * d + cfg.n_layers * (4 * d * d + 3 * d * h + 2 * d) + d
+
+
+def memory_budget(cfg: Config, world: int, lora_r: int, *, fsdp: bool = False, reference: bool = False,
+                  lora_targets=("q_proj", "k_proj", "v_proj"), compute_bytes: int = 2, micro_batch: int = 1,
+                  seq_len: int = 4096, logit_rows: int | None = None, grad_checkpointing: bool = False,
+                  grad_accum: int = 1) -> dict:
+    """A rough per-GPU memory budget in bytes, from the config alone (computed, not measured). Keys:
+    parameters, gradients, optimizer (AdamW's two fp32 moments), reference (a frozen bf16 copy for the KL term,
+    full fine-tuning with beta > 0 only), grad_accumulation (FSDP keeps UNSHARDED fp32 gradients across the
+    micro-steps of an accumulation: set_requires_gradient_sync(False)), gathered (FSDP: all-gathered copies of
+    two blocks + embedding + head and their unsharded gradients), activations, total.
+    LoRA (lora_r > 0): frozen base in compute dtype + fp32 adapters, replicated (DDP). Full fine-tuning: fp32
+    master weights, gradients and moments, replicated (DDP; + DDP's gradient buckets) or 1/world each (fsdp).
+    Activations: `micro_batch` x `seq_len` tokens, ~(14 d + 4 h) compute-dtype values per token and block
+    (norms, q/k/v, attention output, the MLP's four h-wide tensors; flash attention, no L x L scores), only
+    the block inputs with grad_checkpointing (+ one block being recomputed), plus `logit_rows` (default: all
+    tokens) rows of 126k-wide logits in compute dtype, fp32 and their fp32 gradient."""
+    d, h, E, L = cfg.d_model, cfg.mlp_hidden_size, cfg.embedding_size, cfg.n_layers
+    n, cb = param_count(cfg), compute_bytes
+    shape = {"q_proj": (d, d), "k_proj": (d, d), "v_proj": (d, d), "attn_out": (d, d), "ff_proj": (d, h),
+             "up_proj": (d, h), "ff_out": (h, d)}
+    b = dict.fromkeys(["parameters", "gradients", "optimizer", "reference", "grad_accumulation", "gathered"], 0)
+    if lora_r > 0:
+        trainable = L * sum(lora_r * sum(shape[t]) for t in lora_targets)
+        b["parameters"] = n * cb + trainable * 4
+        b["gradients"] = trainable * 4 * (2 if world > 1 else 1)
+        b["optimizer"] = trainable * 8
+    elif fsdp:
+        b["parameters"], b["gradients"], b["optimizer"] = 4 * n / world, 4 * n / world, 8 * n / world
+        b["reference"] = n * cb / world if reference else 0
+        b["grad_accumulation"] = 4 * n if grad_accum > 1 else 0
+        block = 4 * d * d + 3 * d * h + 2 * d
+        b["gathered"] = 2 * (2 * block + 2 * E * d) * cb
+    else:
+        b["parameters"], b["gradients"], b["optimizer"] = 4 * n, 4 * n * (2 if world > 1 else 1), 8 * n
+        b["reference"] = n * cb if reference else 0
+    T = micro_batch * seq_len
+    per_block = T * (14 * d + 4 * h) * cb
+    b["activations"] = (L * T * d * cb + per_block if grad_checkpointing else L * per_block) \
+        + (T if logit_rows is None else logit_rows) * E * (cb + 8)
+    b["total"] = sum(b.values())
+    return b
+
+
+def check_memory_budget(budget: dict, device) -> str:
+    """The budget as one line of GiB; on a CUDA device whose memory is smaller than the total, raise with the
+    numbers instead of running out of memory mid-step. On CPU nothing is checked."""
+    gib = lambda x: f"{x / 2**30:.1f}"  # noqa: E731
+    line = ("per-GPU memory budget (computed, GiB): " + " + ".join(f"{k.replace('_', ' ')} {gib(v)}"
+            for k, v in budget.items() if k != "total" and v) + f" = {gib(budget['total'])}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        if budget["total"] > props.total_memory:
+            raise MemoryError(f"{line}\nthis does not fit {props.name} ({gib(props.total_memory)} GiB): shard the "
+                              "weights (--fsdp with --lora-r 0, more GPUs), --grad-checkpointing, a smaller "
+                              "micro-batch, grad accumulation 1, or LoRA")
+    return line
 
 
 # -----------------------------------------------------------------------------

@@ -20,8 +20,12 @@ Deliberate deviations from d1 (public code):
 - Held-out loss on a fixed 1% split with fixed noise; training is exactly resumable (dropout is re-seeded
   from (seed, step, rank) every step instead of saving RNG state; the data order and the lr are functions of
   the step). With LoRA dropout > 0, dropout masks depend on the rank, so N processes == 1 process only at 0.
-Full fine-tuning keeps fp32 master weights and AdamW state on every rank (plain DDP, no sharding): fine for
-small models; the 8B model needs ~16 bytes/parameter (~128 GB) per GPU that way, so use LoRA (the default) there.
+Full fine-tuning (--lora-r 0) keeps fp32 master weights, gradients and AdamW state: ~16 bytes/parameter, 128 GB
+at 8B. Plain DDP replicates them on every GPU (fine for small models); --fsdp shards them over the ranks
+(FSDP2: model.shard_fsdp, one unit per block + head + root, bf16 compute, fp32 reduce) and writes sharded
+checkpoints (torch.distributed.checkpoint; --export converts one to an HF-layout model). --fsdp is explicit,
+never automatic: with LoRA, DDP stays the path. Start-up prints the per-GPU memory budget (model.memory_budget,
+computed) and refuses to start when it exceeds the GPU's memory.
 
 CPU (tiny model from scratch, a prompt/answer JSONL such as {"prompt": "sort 312", "answer": "123"}):
     python sft.py --init-from-scratch tiny --data pairs.jsonl --lora-r 0 --lr 1e-3 --epochs 5 \\
@@ -31,6 +35,13 @@ CPU (tiny model from scratch, a prompt/answer JSONL such as {"prompt": "sort 312
 8 GPUs:
     torchrun --standalone --nproc_per_node=8 sft.py --data s1k --grad-accum 1 --grad-checkpointing --merge \\
         --out-dir out/sft-s1k
+8 GPUs, full fine-tuning (sharded):
+    torchrun --standalone --nproc_per_node=8 sft.py --data s1k --lora-r 0 --fsdp --grad-accum 1 --grad-checkpointing \\
+        --merge --out-dir out/sft-s1k-full
+2 nodes x 8 GPUs (the same line on each node, NODE_RANK 0 and 1; out-dir on a filesystem both nodes see):
+    torchrun --nnodes 2 --nproc_per_node 8 --node-rank $NODE_RANK --rdzv-backend c10d \\
+        --rdzv-endpoint $HOST:29500 sft.py --data s1k --lora-r 0 --fsdp --grad-accum 1 \\
+        --grad-checkpointing --merge --out-dir /shared/out/sft-s1k-full
 """
 from __future__ import annotations
 
@@ -51,9 +62,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import format_prompt, load_s1k, load_sft_file
-from model import (LORA_TARGETS, LLaDA, apply_lora, checkpoints, example_generator, load_checkpoint_state,
-                   load_tokenizer, make_char_tokenizer, mask_tokens, merge_lora, preset_config, row_uniforms,
-                   save_checkpoint)
+from model import (LORA_TARGETS, Config, LLaDA, apply_lora, check_memory_budget, checkpoints, example_generator,
+                   export_sharded_checkpoint, load_checkpoint_state, load_sharded_checkpoint, load_tokenizer,
+                   make_char_tokenizer, mask_tokens, memory_budget, merge_lora, preset_config, resolve_checkpoint,
+                   row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint, shard_fsdp)
 
 # Random streams are told apart by the number of keys given to example_generator:
 # (seed,) the validation split, (seed, epoch) the data order, (seed, step, example) t and the mask,
@@ -138,12 +150,15 @@ def evaluate(model: LLaDA, val, pad_to: int, batch_size: int, seed: int, eps: fl
     model.eval()
     total = torch.zeros(2, device=device)  # (sum of per-sequence losses, rows)
     mine = list(range(rank, len(val), world))
-    for s in range(0, len(mine), batch_size):
-        idx = mine[s:s + batch_size]
-        ids, ans = make_batch([val[i] for i in idx], pad_to, model.config.eos_token_id, device)
-        t, u = draw_noise(seed, EVAL_STEP, idx, ans)
+    # Every rank runs the same number of forwards (FSDP's all-gathers are collective): a rank whose share is
+    # used up runs row 0 once more and does not count it.
+    for s in range(math.ceil(math.ceil(len(val) / world) / batch_size)):
+        idx = mine[s * batch_size:(s + 1) * batch_size]
+        ids, ans = make_batch([val[i] for i in idx or [0]], pad_to, model.config.eos_token_id, device)
+        t, u = draw_noise(seed, EVAL_STEP, idx or [0], ans)
         with amp():
-            total[0] += sft_loss(model, ids, ans, t, u, model.config.mask_token_id, eps=eps, reduction="sum")
+            loss = sft_loss(model, ids, ans, t, u, model.config.mask_token_id, eps=eps, reduction="sum")
+        total[0] += loss if idx else 0.0
         total[1] += len(idx)
     if world > 1:
         dist.all_reduce(total)
@@ -213,6 +228,12 @@ def main(argv: list[str] | None = None):
                    choices=["float32", "bfloat16"],
                    help="compute dtype (autocast); LoRA keeps base weights in it, full FT keeps fp32 master weights")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
+    p.add_argument("--fsdp", action="store_true",
+                   help="full fine-tuning (--lora-r 0) under torchrun: shard weights, gradients and AdamW state over "
+                        "the ranks (FSDP2); checkpoints are sharded (torch.distributed.checkpoint)")
+    p.add_argument("--export", default=None, metavar="CKPT",
+                   help="convert the sharded checkpoint folder CKPT to an HF-layout model in CKPT-hf (one process, "
+                        "CPU, in --dtype) and exit")
     p.add_argument("--eval-every", type=int, default=100, help="eval loss every N steps (and at start/end); 0 = off")
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--keep-last", type=int, default=3, help="keep the newest N checkpoints; 0 = keep all")
@@ -223,6 +244,12 @@ def main(argv: list[str] | None = None):
     p.add_argument("--seed", type=int, default=0, help="data order, noise, dropout, LoRA/scratch init")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (single process)")
     args = p.parse_args(argv)
+    if args.export:
+        out = export_sharded_checkpoint(args.export, args.export.rstrip("/") + "-hf", getattr(torch, args.dtype))
+        print(f"wrote {out}")
+        return
+    if args.fsdp and (args.lora_r > 0 or "RANK" not in os.environ):
+        p.error("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
 
     # DDP preamble: torchrun sets RANK; plain `python` runs one process.
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -274,20 +301,30 @@ def main(argv: list[str] | None = None):
 
     # Model. LoRA: frozen base weights in --dtype, fp32 adapters. Full FT: fp32 master weights. Autocast to --dtype.
     lora = args.lora_r > 0
+    targets = [name.strip() for name in args.lora_targets.split(",")]
+    device_type = torch.device(device).type
+    cfg = (preset_config(args.init_from_scratch, tokenizer) if args.init_from_scratch
+           else Config.from_json(resolve_checkpoint(args.model) / "config.json"))
+    longest = max(len(e[0]) + max(0, args.pad_answers_to - (len(e[0]) - e[1])) for e in train)
+    budget = memory_budget(cfg, world, args.lora_r, fsdp=args.fsdp, lora_targets=targets,
+                           compute_bytes=dtype.itemsize, micro_batch=args.batch_size, seq_len=longest,
+                           grad_checkpointing=args.grad_checkpointing, grad_accum=args.grad_accum)
+    log(check_memory_budget(budget, device))  # raises (on every rank) when it cannot fit the GPU
     param_dtype = dtype if lora else torch.float32
+    load_device = "cpu" if args.fsdp else device  # FSDP moves only this rank's shard to the GPU
     if args.init_from_scratch:
-        model = LLaDA(preset_config(args.init_from_scratch, tokenizer)).init_weights(args.seed).to(device, param_dtype)
+        model = LLaDA(cfg).init_weights(args.seed).to(load_device, param_dtype)
     else:
-        model = LLaDA.from_pretrained(args.model, dtype=param_dtype, device=device)
+        model = LLaDA.from_pretrained(args.model, dtype=param_dtype, device=load_device)
     if lora:
-        targets = [name.strip() for name in args.lora_targets.split(",")]
         apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, seed=args.seed)
+    if args.fsdp:  # before the optimizer: sharding replaces the parameters
+        shard_fsdp(model, device, mp_dtype=dtype if device_type == "cuda" and dtype != torch.float32 else None)
     model.gradient_checkpointing = args.grad_checkpointing
     params = [q for q in model.parameters() if q.requires_grad]
     log(f"trainable parameters {sum(q.numel() for q in params):,} of {model.num_params():,} "
         f"({'LoRA r=%d' % args.lora_r if lora else 'full fine-tuning'}, compute {args.dtype})")
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    device_type = torch.device(device).type
     amp = lambda: torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)  # noqa: E731
 
     out_dir = Path(args.out_dir)
@@ -298,7 +335,7 @@ def main(argv: list[str] | None = None):
         resume = str(found[-1]) if found else None
         log(f"resume auto: {resume or 'no checkpoint in ' + str(out_dir) + ', starting fresh'}")
     if resume:
-        state = load_checkpoint_state(resume, model, optimizer)
+        state = (load_sharded_checkpoint if args.fsdp else load_checkpoint_state)(resume, model, optimizer)
         for key, value in [("global_batch", global_batch), ("total_steps", total_steps), ("seed", args.seed)]:
             if state[key] != value:
                 raise ValueError(f"{resume} was trained with {key}={state[key]}, this run has {value}: "
@@ -307,7 +344,7 @@ def main(argv: list[str] | None = None):
         log(f"resumed from {resume} at step {start_step}")
 
     loss_fn = MaskedSFT(model, args.eps)  # DDP must wrap the module whose forward computes the loss
-    if ddp:
+    if ddp and not args.fsdp:  # (FSDP hooks live on the model itself)
         loss_fn = DDP(loss_fn, device_ids=[local_rank] if device_type == "cuda" else None)
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -319,10 +356,13 @@ def main(argv: list[str] | None = None):
             metrics.flush()
 
     def save(step: int):
-        if master:
-            state = dict(step=step, epoch=step / steps_per_epoch, global_batch=global_batch, total_steps=total_steps,
-                         seed=args.seed, args=vars(args))
+        state = dict(step=step, epoch=step / steps_per_epoch, global_batch=global_batch, total_steps=total_steps,
+                     seed=args.seed, args=vars(args))
+        if args.fsdp:  # every rank writes its shards
+            save_sharded_checkpoint(out_dir / f"step-{step:06d}", model, optimizer, state, tokenizer)
+        elif master:
             save_checkpoint(out_dir / f"step-{step:06d}", model, optimizer, state, tokenizer, base_model=args.model)
+        if master:
             for old in checkpoints(out_dir)[:-args.keep_last] if args.keep_last > 0 else []:
                 shutil.rmtree(old)
         if ddp:
@@ -362,10 +402,12 @@ def main(argv: list[str] | None = None):
             ids, ans = make_batch([train[i] for i in idx], pad_to, model.config.eos_token_id, device)
             t, u = draw_noise(args.seed, step, idx, ans)
             last = a == args.grad_accum - 1
-            with loss_fn.no_sync() if ddp and not last else nullcontext():  # all-reduce only on the last micro-step
+            if args.fsdp:  # FSDP's no_sync: keep unsharded gradients until the last micro-step, then reduce-scatter
+                model.set_requires_gradient_sync(last)
+            with loss_fn.no_sync() if ddp and not args.fsdp and not last else nullcontext():  # all-reduce on the last
                 with amp():
                     per_seq = loss_fn(ids, ans, t, u)  # (B,)
-                # DDP averages over ranks, so divide by this rank's share: the gradient is that of the global mean.
+                # DDP/FSDP average over ranks, so divide by this rank's share: the gradient of the global mean.
                 (per_seq.sum() / (args.batch_size * args.grad_accum)).backward()
             loss_sum += per_seq.detach().sum()
         if ddp:
@@ -391,7 +433,10 @@ def main(argv: list[str] | None = None):
     if start_step >= stop_step:
         log(f"nothing to do: already at step {start_step} of {stop_step}")
 
-    if args.merge and master:
+    if args.merge and args.fsdp:  # gathered to rank 0, written there (every rank takes part)
+        save_pretrained_fsdp(model, out_dir / "merged", tokenizer, dtype)
+        log(f"wrote the consolidated model to {out_dir / 'merged'}")
+    elif args.merge and master:
         if lora:
             merge_lora(model)
         model.to(dtype).save_pretrained(out_dir / "merged", tokenizer=tokenizer)
