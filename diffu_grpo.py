@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -70,11 +71,16 @@ from model import (LLaDA, apply_lora, check_memory_budget, checkpoints, example_
                    load_adapter, load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, lora_disabled,
                    lora_modules, make_char_tokenizer, mask_tokens, memory_budget, merge_lora, preset_config,
                    row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint, shard_fsdp)
+import data
+import eval as evaluation
+import rewards
 from sample import generate, left_pad
 
 # d1's per-task defaults (launch scripts): inner iterations mu and total outer steps.
 TASK_MU = {"gsm8k": 12, "math": 12, "countdown": 8, "sudoku": 8, "code": 12}
 TASK_STEPS = {"gsm8k": 7700, "math": 6600, "countdown": 5000, "sudoku": 3800, "code": 5000}
+# d1 left-truncated prompts to 200 tokens; coding prompts (instructions + problem + signature) need more.
+TASK_PROMPT_LENGTH = {"code": 512}
 
 # -----------------------------------------------------------------------------
 # The estimator and the loss
@@ -162,6 +168,7 @@ def gather_keys(d: dict, world: int) -> list:
     return out
 
 
+@functools.lru_cache(maxsize=2)  # the current and the next epoch: a step may straddle them
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The global order of the training prompts in an epoch: depends only on (seed, epoch)."""
     return torch.randperm(n, generator=example_generator(seed, 4, epoch)).tolist()
@@ -230,10 +237,12 @@ def parse_args(argv=None):
     p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,up_proj",
                    help="block modules to adapt (d1's q/k/v/o/gate/up/down list matches these four in LLaDA)")
     # data
-    p.add_argument("--task", default="gsm8k", help="task or comma-separated mix: gsm8k,math,countdown,sudoku")
+    p.add_argument("--task", default="gsm8k",
+                   help="task or comma-separated mix: gsm8k, math, countdown, sudoku (d1's four) and code (KodCode)")
     p.add_argument("--train-path", default=None, help="local training file (else the hub source of tasks.md)")
     p.add_argument("--style", default="rl", choices=["rl", "compact"], help="prompt style (compact: tiny models)")
-    p.add_argument("--max-prompt-length", type=int, default=200, help="prompts are left-truncated to this")
+    p.add_argument("--max-prompt-length", type=int, default=None,
+                   help="prompts are left-truncated to this many tokens (default: 200 as d1; 512 with code)")
     # rollouts
     p.add_argument("--num-generations", type=int, default=6, help="G: completions per prompt")
     p.add_argument("--prompts-per-step", type=int, default=16, help="prompts per outer step, all ranks together")
@@ -285,8 +294,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import data
-    import rewards
     if args.export:
         out = export_sharded_checkpoint(args.export, args.export.rstrip("/") + "-hf", getattr(torch, args.dtype))
         print(f"wrote {out}")
@@ -313,6 +320,7 @@ def main(argv=None):
 
     tasks = args.task.split(",")
     mu = args.mu or max(TASK_MU.get(t, 8) for t in tasks)
+    args.max_prompt_length = args.max_prompt_length or max(TASK_PROMPT_LENGTH.get(t, 200) for t in tasks)
     max_steps = args.max_steps or max(TASK_STEPS.get(t, 1000) for t in tasks)
     G = args.num_generations
     if args.prompts_per_step % world:
@@ -344,6 +352,8 @@ def main(argv=None):
     mask_id, eos_id = model.config.mask_token_id, model.config.eos_token_id
     train = data.load_tasks(args.task, "train", path=args.train_path, style=args.style)
     val = data.load_tasks(args.task, "val", path=args.train_path, style=args.style, limit=args.val_size)
+    if not train:
+        raise ValueError(f"no training prompts for --task {args.task} (train path: {args.train_path})")
     encode = lambda ex: tokenizer(data.format_prompt(tokenizer, ex["prompt"]),
                                   add_special_tokens=False)["input_ids"][-args.max_prompt_length:]  # left-truncate
     if master:
@@ -372,7 +382,13 @@ def main(argv=None):
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
-    metrics_file = open(out_dir / "metrics.jsonl", "a") if master else None
+    metrics_file = None
+    if master:
+        # On resume, drop the lines of steps after the checkpoint (a crashed run logged them): one line per step.
+        old = (out_dir / "metrics.jsonl").read_text().splitlines() if (out_dir / "metrics.jsonl").exists() else []
+        kept = [line for line in old if json.loads(line)["step"] <= step]
+        (out_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+        metrics_file = open(out_dir / "metrics.jsonl", "a")
     from tqdm import tqdm
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="diffu-GRPO")
 
@@ -529,7 +545,6 @@ def main(argv=None):
 
 def validate(model, tokenizer, examples, args, rank, world, autocast) -> dict:
     """Greedy accuracy on the validation split with eval.py's protocol (all ranks share the work)."""
-    import eval as evaluation
     with autocast:
         records = evaluation.evaluate(model, tokenizer, examples, gen_length=args.gen_length,
                                       block_length=args.block_length, steps=args.diffusion_steps, temperature=0.0,

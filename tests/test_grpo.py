@@ -176,6 +176,8 @@ def test_resume_continues_identically(sudoku_csv, tmp_path):
     from diffu_grpo import main
     main(grpo_args(sudoku_csv, tmp_path / "full", "--max-steps", "3", "--mu", "2", "--save-every", "1"))
     main(grpo_args(sudoku_csv, tmp_path / "cut", "--max-steps", "2", "--mu", "2", "--save-every", "1"))
+    import shutil
+    shutil.rmtree(tmp_path / "cut" / "step-000002")  # a crash after logging step 2, before its checkpoint
     main(grpo_args(sudoku_csv, tmp_path / "cut", "--max-steps", "3", "--mu", "2", "--save-every", "1",
                    "--resume", "auto"))
     full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
