@@ -69,8 +69,9 @@ from torch.utils.checkpoint import checkpoint
 
 from model import (LLaDA, apply_lora, check_memory_budget, checkpoints, example_generator, export_sharded_checkpoint,
                    load_adapter, load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, lora_disabled,
-                   lora_modules, make_char_tokenizer, mask_tokens, memory_budget, merge_lora, preset_config,
-                   row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint, shard_fsdp)
+                   lora_modules, make_char_tokenizer, mask_tokens, memory_budget, merge_lora, open_metrics,
+                   preset_config, row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint,
+                   shard_fsdp)
 import data
 import eval as evaluation
 import rewards
@@ -382,13 +383,7 @@ def main(argv=None):
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
-    metrics_file = None
-    if master:
-        # On resume, drop the lines of steps after the checkpoint (a crashed run logged them): one line per step.
-        old = (out_dir / "metrics.jsonl").read_text().splitlines() if (out_dir / "metrics.jsonl").exists() else []
-        kept = [line for line in old if json.loads(line)["step"] <= step]
-        (out_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
-        metrics_file = open(out_dir / "metrics.jsonl", "a")
+    metrics_file = open_metrics(out_dir / "metrics.jsonl", step) if master else None
     from tqdm import tqdm
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="diffu-GRPO")
 

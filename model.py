@@ -629,6 +629,15 @@ def save_checkpoint(folder, model: LLaDA, optimizer=None, state: dict | None = N
             json.dump(state or {}, f, indent=2, default=str)
 
 
+def open_metrics(path, resumed_step: int):
+    """Append handle on a JSONL metrics log, first dropping lines of steps after `resumed_step` (a crashed run
+    logged them after its last checkpoint): the log keeps one line per step across resumes."""
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.exists() else []
+    path.write_text("".join(line + "\n" for line in lines if json.loads(line).get("step", 0) <= resumed_step))
+    return open(path, "a")
+
+
 def checkpoints(out_dir) -> list[Path]:
     """Finished training checkpoints of a run folder (step-NNNNNN with state.json), oldest first."""
     return sorted(p for p in Path(out_dir).glob("step-*") if p.name[5:].isdigit() and (p / "state.json").is_file())

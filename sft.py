@@ -64,8 +64,9 @@ from tqdm import tqdm
 from data import format_prompt, load_s1k, load_sft_file
 from model import (LORA_TARGETS, Config, LLaDA, apply_lora, check_memory_budget, checkpoints, example_generator,
                    export_sharded_checkpoint, load_checkpoint_state, load_sharded_checkpoint, load_tokenizer,
-                   make_char_tokenizer, mask_tokens, memory_budget, merge_lora, preset_config, resolve_checkpoint,
-                   row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint, shard_fsdp)
+                   make_char_tokenizer, mask_tokens, memory_budget, merge_lora, open_metrics, preset_config,
+                   resolve_checkpoint, row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint,
+                   shard_fsdp)
 
 # Random streams are told apart by the number of keys given to example_generator:
 # (seed,) the validation split, (seed, epoch) the data order, (seed, step, example) t and the mask,
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--keep-last", type=int, default=3, help="keep the newest N checkpoints; 0 = keep all")
     p.add_argument("--resume", default=None,
-                   help="checkpoint folder, or 'auto' = newest in --out-dir (if any); metrics.jsonl is appended to")
+                   help="checkpoint folder, or 'auto' = newest in --out-dir (if any); metrics.jsonl keeps one line per step")
     p.add_argument("--merge", action="store_true", help="at the end write out_dir/merged: a full HF-layout model")
     p.add_argument("--out-dir", default="out/sft", help="checkpoints, metrics.jsonl, merged model")
     p.add_argument("--seed", type=int, default=0, help="data order, noise, dropout, LoRA/scratch init")
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None):
         loss_fn = DDP(loss_fn, device_ids=[local_rank] if device_type == "cuda" else None)
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = open(out_dir / "metrics.jsonl", "a") if master else None
+    metrics = open_metrics(out_dir / "metrics.jsonl", start_step) if master else None
 
     def record(row: dict):
         if master:
