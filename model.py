@@ -8,7 +8,10 @@ tokens hidden behind a [MASK] token. Everything the other scripts need from the 
     KVCache                an approximate key/value cache for the sampler's fast modes (Fast-dLLM)
     LLaDA.from_pretrained  local folder (sharded or single file) or hub id; explicit key map, shape checks
     model.save_pretrained  the same HF layout back (shards + index + config.json [+ tokenizer])
+    example_generator, row_uniforms, mask_tokens      the forward masking process, keyed randomness
     LoRALinear, apply_lora, lora_disabled, merge_lora, save_adapter, load_adapter   (PEFT file layout)
+    save_checkpoint, load_checkpoint_state, checkpoints, open_metrics               training checkpoints/logs
+    shard_fsdp, save/load_sharded_checkpoint, memory_budget                         FSDP2 full fine-tuning
     load_tokenizer, make_char_tokenizer
 
 No `trust_remote_code` is ever needed: we read the safetensors files ourselves. The official remote code can
