@@ -67,8 +67,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
-from model import (LLaDA, apply_lora, check_memory_budget, checkpoints, example_generator, export_sharded_checkpoint,
-                   load_adapter, load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, lora_disabled,
+from model import (LLaDA, adapter_base, apply_lora, check_memory_budget, checkpoints, example_generator,
+                   export_sharded_checkpoint, load_adapter, load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, lora_disabled,
                    lora_modules, make_char_tokenizer, mask_tokens, memory_budget, merge_lora, open_metrics,
                    preset_config, row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint,
                    shard_fsdp)
@@ -169,46 +169,59 @@ def gather_keys(d: dict, world: int) -> list:
     return out
 
 
-@functools.lru_cache(maxsize=2)  # the current and the next epoch: a step may straddle them
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The global order of the training prompts in an epoch: depends only on (seed, epoch)."""
-    return torch.randperm(n, generator=example_generator(seed, 4, epoch)).tolist()
+@functools.lru_cache(maxsize=16)  # the current and next epoch of each task: a step may straddle them
+def epoch_order(n: int, seed: int, epoch: int, task: int = 0) -> list[int]:
+    """The order of a task's training prompts in an epoch: depends only on (seed, epoch, task)."""
+    return torch.randperm(n, generator=example_generator(seed, 4, epoch, task)).tolist()
 
 
-def step_prompts(n: int, step: int, per_step: int, seed: int) -> list[int]:
-    """Indices of the prompts of global step `step` (0-based), walking through shuffled epochs."""
-    out, start = [], step * per_step
-    for pos in range(start, start + per_step):
-        epoch, i = divmod(pos, n)
-        out.append(epoch_order(n, seed, epoch)[i])
+def step_prompts(sizes: list[int], step: int, per_step: int, seed: int) -> list[int]:
+    """Indices, into the tasks' training sets concatenated in order, of the prompts of global step `step`.
+    Prompt slots go to the tasks in turn, so each task gets an equal share however large its dataset is (the
+    sizes differ by 100x between GSM8K and Sudoku); each task walks through its own shuffled epochs."""
+    offsets = [sum(sizes[:t]) for t in range(len(sizes))]
+    out = []
+    for pos in range(step * per_step, (step + 1) * per_step):
+        t, k = pos % len(sizes), pos // len(sizes)
+        epoch, i = divmod(k, sizes[t])
+        out.append(offsets[t] + epoch_order(sizes[t], seed, epoch, t)[i])
     return out
 
 
-def build_model(args, device, dtype):
-    """The policy (with LoRA unless --lora-r 0), its tokenizer, and for full fine-tuning with beta > 0 a frozen
-    copy in `dtype` as the KL reference. With --fsdp both are sharded (after init_process_group)."""
+def build_model(args, device, dtype, master: bool):
+    """The policy (with LoRA unless --lora-r 0), its tokenizer, the name of the base model its adapters apply to,
+    and for full fine-tuning with beta > 0 a frozen copy as the KL reference. With --fsdp both are sharded."""
+    lora = args.lora_r > 0
+    # LoRA: frozen base weights straight in the compute dtype on the device; full fine-tuning: fp32 master weights.
+    load_dtype, load_device = (dtype, device) if lora and not args.fsdp else (torch.float32, "cpu")
+    base_name = args.init
     if args.init == "tiny":  # random tiny model: smoke tests of the code path
         tokenizer = make_char_tokenizer()
-        model = LLaDA(preset_config("tiny", tokenizer)).init_weights(args.seed)
-    else:
+        model = LLaDA(preset_config("tiny", tokenizer)).init_weights(args.seed).to(load_device, load_dtype)
+    elif (Path(args.init) / "adapter_config.json").is_file():  # an SFT adapter: merged into its base model
         init = Path(args.init)
-        if (init / "adapter_config.json").is_file():  # an SFT adapter: merge it into its base model
-            base = args.base_model or json.loads((init / "adapter_config.json").read_text())["base_model_name_or_path"]
-            tokenizer = load_tokenizer(init if (init / "tokenizer_config.json").is_file() else base)
-            model = merge_lora(load_adapter(LLaDA.from_pretrained(base, dtype=torch.float32, device="cpu"), init))
-        else:
-            tokenizer = load_tokenizer(args.init)
-            model = LLaDA.from_pretrained(args.init, dtype=torch.float32, device="cpu")
+        base = adapter_base(init, args.base_model)
+        tokenizer = load_tokenizer(init if (init / "tokenizer.json").is_file() else base)
+        model = merge_lora(load_adapter(LLaDA.from_pretrained(base, dtype=load_dtype, device=load_device), init))
+        if lora:  # our adapters need a real base folder: the merged starting point, written once
+            base_name = str(Path(args.out_dir) / "init-merged")
+            if master and not (Path(base_name) / "config.json").is_file():
+                model.save_pretrained(base_name, tokenizer=tokenizer)
+    else:
+        tokenizer = load_tokenizer(args.init)
+        model = LLaDA.from_pretrained(args.init, dtype=load_dtype, device=load_device)
     ref = None
-    if args.lora_r > 0:
-        # Frozen base weights in the compute dtype; adapters (and their optimizer state) stay fp32.
-        model = apply_lora(model.to(device, dtype), args.lora_r, args.lora_alpha, args.lora_dropout,
-                           args.lora_targets.split(","), seed=args.seed)
-    else:  # full fine-tuning: fp32 master weights, bf16 compute
+    if lora:  # the reference policy is this network with the adapters disabled (lora_disabled)
+        model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets.split(","),
+                           seed=args.seed)
+    else:
         if args.beta > 0:  # built on the meta device, then given copies of the weights: no random init
+            # The reference computes exactly as the policy does: bf16 weights under FSDP's mixed precision,
+            # else the policy's own (fp32) weights under autocast. Then KL is 0 until the policy moves.
+            ref_dtype = dtype if args.fsdp else model.transformer.wte.weight.dtype
             with torch.device("meta"):
                 ref = LLaDA(model.config)
-            ref.load_state_dict({k: v.to(dtype, copy=True) for k, v in model.state_dict().items()}, assign=True)
+            ref.load_state_dict({k: v.to(ref_dtype, copy=True) for k, v in model.state_dict().items()}, assign=True)
             ref.requires_grad_(False).eval()
         if args.fsdp:  # each rank keeps (and moves to its GPU) 1/world of the weights
             shard_fsdp(model, device, mp_dtype=dtype if device.startswith("cuda") and dtype != torch.float32 else None)
@@ -218,7 +231,7 @@ def build_model(args, device, dtype):
             model = model.to(device)
             ref = ref.to(device) if ref is not None else None
     model.gradient_checkpointing = args.grad_checkpointing
-    return model, tokenizer, ref
+    return model, tokenizer, base_name, ref
 
 
 # -----------------------------------------------------------------------------
@@ -338,7 +351,7 @@ def main(argv=None):
               f"{args.prompts_per_step * G} completions per optimizer step | micro-batch {args.micro_batch_size}, "
               f"grad accum {accum} | mu {mu} | steps {max_steps}")
 
-    model, tokenizer, ref_model = build_model(args, device, dtype)
+    model, tokenizer, base_name, ref_model = build_model(args, device, dtype, master)
     budget = memory_budget(model.config, world, args.lora_r, fsdp=args.fsdp, reference=ref_model is not None,
                            lora_targets=args.lora_targets.split(","), compute_bytes=dtype.itemsize,
                            micro_batch=args.micro_batch_size, seq_len=args.max_prompt_length + args.gen_length,
@@ -353,13 +366,18 @@ def main(argv=None):
     mask_id, eos_id = model.config.mask_token_id, model.config.eos_token_id
     train = data.load_tasks(args.task, "train", path=args.train_path, style=args.style)
     val = data.load_tasks(args.task, "val", path=args.train_path, style=args.style, limit=args.val_size)
-    if not train:
-        raise ValueError(f"no training prompts for --task {args.task} (train path: {args.train_path})")
+    train = [ex for task in tasks for ex in train if ex["task"] == task]  # grouped by task, in --task order
+    sizes = [sum(ex["task"] == task for ex in train) for task in tasks]
+    if min(sizes) == 0:
+        raise ValueError(f"no training prompts for task {tasks[sizes.index(0)]!r} (train path: {args.train_path})")
     encode = lambda ex: tokenizer(data.format_prompt(tokenizer, ex["prompt"]),
                                   add_special_tokens=False)["input_ids"][-args.max_prompt_length:]  # left-truncate
     if master:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"{len(train)} training / {len(val)} validation prompts | {trainable:,} trainable parameters")
+    if args.eval_every and not val:
+        print(f"warning: no validation prompts for --task {args.task}: periodic validation is off")
+        args.eval_every = 0
     if args.fsdp and args.eval_every and len(val) % world:
         raise ValueError(f"--fsdp: the {len(val)} validation prompts must split evenly over {world} ranks (every rank "
                          "must run as many sampler forwards: FSDP's all-gathers are collective); change --val-size")
@@ -375,7 +393,12 @@ def main(argv=None):
             found = checkpoints(out_dir)
             ckpt = found[-1] if found else None
         if ckpt is not None:
-            step = (load_sharded_checkpoint if args.fsdp else load_checkpoint_state)(ckpt, model, optimizer)["step"]
+            state = (load_sharded_checkpoint if args.fsdp else load_checkpoint_state)(ckpt, model, optimizer)
+            step = state["step"]
+            for key in ("seed", "task", "prompts_per_step", "num_generations", "train_path"):  # the data order
+                if state["args"][key] != getattr(args, key):
+                    raise ValueError(f"--resume {ckpt}: --{key.replace('_', '-')} was {state['args'][key]!r}, now "
+                                     f"{getattr(args, key)!r}; the run would skip or repeat prompts")
             if master:
                 print(f"resumed from {ckpt} at step {step}")
     # FSDP's hooks live on the model itself; DDP wraps it.
@@ -393,7 +416,7 @@ def main(argv=None):
         log = {"step": step + 1}
         # ---- 1. rollouts: this rank's whole prompt groups
         t0 = time.time()
-        idx = step_prompts(len(train), step, args.prompts_per_step, args.seed)[rank * prompts_per_rank:
+        idx = step_prompts(sizes, step, args.prompts_per_step, args.seed)[rank * prompts_per_rank:
                                                                               (rank + 1) * prompts_per_rank]
         examples = [train[i] for i in idx for _ in range(G)]
         gidx = [(rank * prompts_per_rank + j // G) * G + j % G for j in range(local_n)]  # global completion index
@@ -516,7 +539,7 @@ def main(argv=None):
                                         tokenizer)
             elif master:
                 save_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, {"args": vars(args), **log},
-                                tokenizer, base_model=args.init)
+                                tokenizer, base_model=base_name)
             if master:
                 for old_ckpt in checkpoints(out_dir)[:-args.keep_last] if args.keep_last else []:
                     shutil.rmtree(old_ckpt)

@@ -53,7 +53,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from data import EVAL_PREFILL, STYLES, format_prompt, load_tasks
-from model import LLaDA, example_generator, load_adapter, load_tokenizer
+from model import LLaDA, adapter_base, example_generator, load_adapter, load_tokenizer
+
+DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"
 from rewards import eval_scores, parsed_answer
 from sample import generate, left_pad
 
@@ -255,12 +257,17 @@ def select_by_validation(ckpts: list[Path], val_file: Path, metric: str = "val_a
     return max(values, key=lambda c: (values[c], -ckpts.index(c))) if values else None
 
 
-def load_model(base: str, ckpt: Path | None, dtype: torch.dtype, device) -> LLaDA:
-    """A full-model checkpoint folder on its own, else the base model with the adapter (if any) applied."""
-    if ckpt is not None and not (ckpt / "adapter_config.json").is_file():
-        return LLaDA.from_pretrained(str(ckpt), dtype=dtype, device=device).eval()
-    model = LLaDA.from_pretrained(base, dtype=dtype, device=device)
-    if ckpt is not None:
+def base_of(model_arg: str | None, ckpt: Path | None) -> str:
+    """The base weights: a full checkpoint itself, an adapter's recorded base (--model must agree), or --model."""
+    if ckpt is not None and (ckpt / "adapter_config.json").is_file():
+        return adapter_base(ckpt, model_arg)
+    return str(ckpt) if ckpt is not None else (model_arg or DEFAULT_MODEL)
+
+
+def load_model(model_arg: str | None, ckpt: Path | None, dtype: torch.dtype, device) -> LLaDA:
+    """A full-model checkpoint folder on its own, else its base model with the adapter (if any) applied."""
+    model = LLaDA.from_pretrained(base_of(model_arg, ckpt), dtype=dtype, device=device)
+    if ckpt is not None and (ckpt / "adapter_config.json").is_file():
         load_adapter(model, ckpt)
         model.to(device)
     return model.eval()
@@ -302,7 +309,8 @@ def main(argv=None):
                "exist (--val-file), the checkpoint best on VALIDATION. Never pick a checkpoint by its test accuracy:\n"
                "run --split val over the checkpoints (or use the training log's validation metric), then report the\n"
                "test numbers of the last and the validation-selected checkpoints (--only-selected).")
-    p.add_argument("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="base checkpoint folder or hub id")
+    p.add_argument("--model", default=None, help=f"checkpoint folder or hub id (default: an adapter's recorded base "
+                                                 f"model, else {DEFAULT_MODEL})")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder to apply to --model")
     p.add_argument("--checkpoints", default=None,
                    help="comma-separated checkpoint folders (adapters on --model, or full models), or a run folder "
@@ -390,9 +398,9 @@ def main(argv=None):
         labels = [c.name for c in ckpts]
     else:
         ckpts, marks = [Path(args.adapter) if args.adapter else None], {}
-        labels = [args.adapter or args.model]
+        labels = [args.adapter or args.model or DEFAULT_MODEL]
 
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(base_of(args.model, ckpts[0]))
     examples = load_tasks(args.task, args.split, args.data_path, args.style, args.limit)
     by_task = defaultdict(list)
     for ex in examples:

@@ -394,7 +394,7 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"no such checkpoint folder: {p}")
     from huggingface_hub import snapshot_download
     try:
-        return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
     except Exception as e:  # offline / unknown repo / gated: say what happened and how to fix it
         raise FileNotFoundError(
             f"{path_or_hub_id!r} is not a local folder and could not be fetched from the Hugging Face hub "
@@ -581,6 +581,24 @@ def write_adapter_files(model: LLaDA, folder: Path, base_model: str):
         json.dump(config, f, indent=2)
 
 
+def adapter_base(folder, base: str | None = None) -> str:
+    """The base model an adapter was trained on (its adapter_config.json). An explicit `base` that names a
+    different model is an error: an adapter applied to the wrong base gives plausible but wrong numbers."""
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no adapter_config.json: not a LoRA adapter folder")
+    recorded = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if base is None:
+        if not recorded:
+            raise ValueError(f"{folder} does not record its base model: pass it explicitly")
+        return recorded
+    same = lambda a, b: a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+    if recorded and not same(base, recorded):
+        raise ValueError(f"adapter {folder} was trained on {recorded!r}, not {base!r}: drop the base argument "
+                         "(the recorded base is used) or pass the recorded one")
+    return base
+
+
 def load_adapter(model: LLaDA, folder, dropout: float | None = None) -> LLaDA:
     """Apply LoRA as described by adapter_config.json and load its weights (every key and shape checked)."""
     from safetensors.torch import load_file
@@ -697,7 +715,10 @@ def shard_fsdp(model: LLaDA, device, mp_dtype: torch.dtype | None = None, reshar
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     device = torch.device(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32 if mp_dtype is not None else None)
+    # cast_forward_inputs=False: FSDP would otherwise cast every block input to bf16, RoPE's cos/sin included
+    # (llada.md: rotary embeddings in full precision), and the policy would no longer match its reference.
+    mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32 if mp_dtype is not None else None,
+                              cast_forward_inputs=False)
     kw = dict(mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     for block in model.transformer.blocks:
         fully_shard(block, **kw)

@@ -217,8 +217,9 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
 def main():
     p = argparse.ArgumentParser(description="Sample from a LLaDA checkpoint with the masked denoising sampler.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="GSAI-ML/LLaDA-8B-Instruct",
-                   help="checkpoint folder or hub id; 'tiny' = a random tiny model (smoke test)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder or hub id (default: the --adapter's recorded base, else "
+                        "GSAI-ML/LLaDA-8B-Instruct); 'tiny' = a random tiny model (smoke test)")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder (PEFT layout) to apply")
     p.add_argument("--prompt", action="append", required=True, help="user message (repeat for a batch)")
     p.add_argument("--prefill", default="", help="text appended after the assistant header, e.g. '<reasoning>'")
@@ -237,14 +238,15 @@ def main():
                    choices=["float32", "bfloat16", "float16"])
     args = p.parse_args()
 
-    from model import LLaDA, load_adapter, load_tokenizer, make_char_tokenizer, preset_config
+    from model import LLaDA, adapter_base, load_adapter, load_tokenizer, make_char_tokenizer, preset_config
     dtype = getattr(torch, args.dtype)
     if args.model == "tiny":
         tokenizer = make_char_tokenizer()
         model = LLaDA(preset_config("tiny", tokenizer)).init_weights(args.seed).to(args.device, dtype)
     else:
-        tokenizer = load_tokenizer(args.model)
-        model = LLaDA.from_pretrained(args.model, dtype=dtype, device=args.device)
+        base = adapter_base(args.adapter, args.model) if args.adapter else args.model or "GSAI-ML/LLaDA-8B-Instruct"
+        tokenizer = load_tokenizer(base)
+        model = LLaDA.from_pretrained(base, dtype=dtype, device=args.device)
     if args.adapter:
         load_adapter(model, args.adapter)
     model.eval()

@@ -123,8 +123,16 @@ def test_tied_group_gives_no_gradient_and_kl_zero_at_reference(tiny_model, token
 
 
 def test_step_prompts_cover_epochs():
-    seen = [i for s in range(5) for i in step_prompts(10, s, 4, seed=0)]
+    seen = [i for s in range(5) for i in step_prompts([10], s, 4, seed=0)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+
+
+def test_mixed_tasks_get_equal_shares():
+    # task 0 has 3 prompts (indices 0-2), task 1 has 100 (indices 3-102): every step takes 2 of each
+    steps = [step_prompts([3, 100], s, 4, seed=0) for s in range(6)]
+    assert all(sum(i < 3 for i in st) == 2 for st in steps)
+    small = [i for st in steps for i in st if i < 3]
+    assert sorted(small[:3]) == [0, 1, 2] and sorted(small[3:6]) == [0, 1, 2]  # whole epochs of the small task
 
 
 # ----------------------------------------------------------------------------- the script, end to end
@@ -216,3 +224,27 @@ def test_periodic_validation_is_logged(sudoku_csv, tmp_path):
                    "--val-size", "3"))
     rows = metrics(tmp_path)
     assert "val_accuracy" not in rows[0] and 0.0 <= rows[1]["val_accuracy"] <= 1.0 and "val/sudoku" in rows[1]
+
+
+def test_init_from_sft_adapter_records_a_loadable_base(sudoku_csv, tiny_dir, tmp_path):
+    import eval as evaluation
+    from diffu_grpo import main
+    from model import LLaDA, adapter_base, save_adapter
+    sft = apply_lora(LLaDA.from_pretrained(tiny_dir), r=2, alpha=4)
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    save_adapter(sft, tmp_path / "sft-adapter", base_model=str(tiny_dir))
+    args = grpo_args(sudoku_csv, tmp_path / "rl", "--max-steps", "1", "--mu", "1", "--beta", "0")
+    args[args.index("tiny")] = str(tmp_path / "sft-adapter")  # --init the SFT adapter
+    main(args)
+    ckpt = tmp_path / "rl" / "step-000001"
+    assert Path(adapter_base(ckpt)) == tmp_path / "rl" / "init-merged"  # a real folder: base + SFT, merged
+    model = evaluation.load_model(None, ckpt, torch.float32, "cpu")  # eval finds the base by itself
+    ids = torch.tensor([[0, 5, 6, 7]])
+    from model import load_adapter, merge_lora
+    want = load_adapter(merge_lora(load_adapter(LLaDA.from_pretrained(tiny_dir), tmp_path / "sft-adapter")), ckpt)
+    torch.testing.assert_close(model(ids), want.eval()(ids), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="was trained on"):
+        evaluation.load_model(str(tiny_dir), ckpt, torch.float32, "cpu")  # the wrong base is refused
