@@ -143,6 +143,7 @@ def run_seed(seed: int, out: Path, sizes: dict, error_rate: float, control: bool
     make_data(out / "data", sizes, error_rate)
     sft.main(["--init-from-scratch", "demo", "--tokenizer", str(out / "data" / "tokenizer"),
               "--data", str(out / "data" / "sft.jsonl"), "--lora-r", "0", "--lr", "1e-3", "--lr-schedule", "cosine",
+              "--warmup-steps", "100",  # without it some seeds sat on a plateau for hundreds of steps (val loss)
               "--batch-size", "64", "--grad-accum", "1", "--epochs", str(sizes["sft_epochs"]), "--weight-decay", "0",
               "--grad-clip", "1.0", "--pad-answers-to", "24", "--max-length", "128", "--eval-every", "250",
               "--save-every", "100000", "--keep-last", "1", "--out-dir", str(out / "sft"), "--seed", str(seed)])
