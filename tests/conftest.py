@@ -1,6 +1,8 @@
 """Shared fixtures: a character tokenizer with LLaDA's special tokens and a tiny random LLaDA saved in the
 HF layout, so every test goes through the real loading code."""
+import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -32,3 +34,15 @@ def tiny_dir(tmp_path_factory, tokenizer):
 @pytest.fixture
 def tiny_model(tiny_dir):
     return LLaDA.from_pretrained(tiny_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def sort_jsonl(tmp_path_factory):
+    """A small SFT file: "sort 312" -> "123" (prompt/answer JSONL)."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "sort.jsonl"
+    with open(path, "w") as f:
+        for _ in range(96):
+            s = "".join(rng.choice("123456789") for _ in range(rng.randint(2, 6)))
+            f.write(json.dumps({"prompt": f"sort {s}", "answer": "".join(sorted(s))}) + "\n")
+    return path

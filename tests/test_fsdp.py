@@ -92,18 +92,6 @@ def test_memory_budget_arithmetic(monkeypatch):
 # ----------------------------------------------------------------------------- sft.py
 
 
-@pytest.fixture(scope="module")
-def sort_jsonl(tmp_path_factory):
-    import random
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("data") / "sort.jsonl"
-    with open(path, "w") as f:
-        for _ in range(96):
-            s = "".join(rng.choice("123456789") for _ in range(rng.randint(2, 6)))
-            f.write(json.dumps({"prompt": f"sort {s}", "answer": "".join(sorted(s))}) + "\n")
-    return path
-
-
 def sft_args(data, out, *extra):
     return ["--init-from-scratch", "tiny", "--data", data, "--out-dir", out, "--val-frac", "0.1", "--device", "cpu",
             "--dtype", "float32", "--lora-r", 0, "--lr", 1e-3, "--epochs", 1, "--max-steps", 4, "--eval-every", 2,

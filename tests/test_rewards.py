@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import rewards as R
 from rewards import (COMPONENT_RANGE, REWARD_RANGE, TASKS, countdown_expression, countdown_numbers,
                      countdown_value, eval_score, extract_answer, first_boxed, gsm8k_target, last_boxed,
                      math_equal, normalize_math, parse_sudoku, reward, score)

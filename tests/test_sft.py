@@ -2,7 +2,6 @@
 the script (loss goes down, exact resume, merged export, 2-process gloo run == 1-process run)."""
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -116,17 +115,6 @@ def test_schedule_and_order():
 
 # -----------------------------------------------------------------------------
 # The script
-
-
-@pytest.fixture(scope="module")
-def sort_jsonl(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("data") / "sort.jsonl"
-    with open(path, "w") as f:
-        for _ in range(96):
-            s = "".join(rng.choice("123456789") for _ in range(rng.randint(2, 6)))
-            f.write(json.dumps({"prompt": f"sort {s}", "answer": "".join(sorted(s))}) + "\n")
-    return path
 
 
 def args_for(data, out, *extra):
