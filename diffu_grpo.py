@@ -66,6 +66,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
 
 from model import (LLaDA, adapter_base, apply_lora, check_memory_budget, checkpoints, example_generator,
                    export_sharded_checkpoint, load_adapter, load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, lora_disabled,
@@ -376,7 +377,8 @@ def main(argv=None):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"{len(train)} training / {len(val)} validation prompts | {trainable:,} trainable parameters")
     if args.eval_every and not val:
-        print(f"warning: no validation prompts for --task {args.task}: periodic validation is off")
+        if master:
+            print(f"warning: no validation prompts for --task {args.task}: periodic validation is off")
         args.eval_every = 0
     if args.fsdp and args.eval_every and len(val) % world:
         raise ValueError(f"--fsdp: the {len(val)} validation prompts must split evenly over {world} ranks (every rank "
@@ -407,7 +409,6 @@ def main(argv=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
     metrics_file = open_metrics(out_dir / "metrics.jsonl", step) if master else None
-    from tqdm import tqdm
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="diffu-GRPO")
 
     while step < max_steps:
