@@ -41,10 +41,10 @@ from pathlib import Path
 
 import torch
 
-from diffu_grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, left_pad
+from diffu_grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss
 from model import (LLaDA, apply_lora, example_generator, load_adapter, load_tokenizer, lora_disabled,
                    make_char_tokenizer, preset_config)
-from sample import generate
+from sample import generate, left_pad
 from tests.reference_sampler import reference_generate  # the literal one-prompt oracle of the tests
 
 # Per preset: model, device, sizes. Flags override each value.

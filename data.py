@@ -226,6 +226,15 @@ def _hub_rows(name: str, config: str | None, split: str) -> list[dict]:
     return ds.to_list()
 
 
+def write_sudoku_csv(path: str | os.PathLike, examples: list[dict]) -> Path:
+    """Sudoku examples -> a CSV in d1's test-file format (Puzzle,Solution), which load_task(path=...) reads."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Puzzle", "Solution"])
+        w.writerows(ex["target"] for ex in examples)
+    return Path(path)
+
+
 def read_rows(path: str | os.PathLike) -> list[dict]:
     """Rows of a local .jsonl, .json (a list of objects), .csv or .parquet file, as dicts. Errors name the file and
     the row (1-based record number)."""

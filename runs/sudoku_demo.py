@@ -25,7 +25,6 @@ cell-level Sudoku accuracy and the cell-15 error rate are reported next to it.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import sys
@@ -56,14 +55,6 @@ def taught_error(puzzle: str, solution: str, rng: random.Random, rate: float) ->
     return "".join(cells)
 
 
-def write_csv(path: Path, examples: list[dict]):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Puzzle", "Solution"])
-        for ex in examples:
-            w.writerow(ex["target"])
-
-
 def make_data(folder: Path, sizes: dict, error_rate: float):
     """sft.jsonl (demonstrations with the taught error), rl_train.csv, test.csv and a tokenizer folder.
     The data is the same for every seed (data seed 0): seeds vary the training, not the test set."""
@@ -76,8 +67,9 @@ def make_data(folder: Path, sizes: dict, error_rate: float):
             puzzle, solution = ex["target"]
             answer = "<answer>" + taught_error(puzzle, solution, rng, error_rate) + "</answer>"
             f.write(json.dumps({"prompt": ex["prompt"], "answer": answer}) + "\n")
-    write_csv(folder / "rl_train.csv", train[sizes["sft_examples"]:])
-    write_csv(folder / "test.csv", data.synthetic_task("sudoku", "test", sizes["test_items"], seed=0, blanks=(6, 10)))
+    data.write_sudoku_csv(folder / "rl_train.csv", train[sizes["sft_examples"]:])
+    test = data.synthetic_task("sudoku", "test", sizes["test_items"], seed=0, blanks=(6, 10))
+    data.write_sudoku_csv(folder / "test.csv", test)
     make_char_tokenizer(chat_template=COMPACT_CHAT_TEMPLATE).save_pretrained(folder / "tokenizer")
 
 

@@ -1,10 +1,8 @@
 """eval.py: scoring and d1's Sudoku micro-average, --rescore without a model, sharding (the function and a real
 2-process gloo run equal to 1 process), output files of a tiny-model run, checkpoint listing and selection."""
-import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import eval as ev
-from data import generate_sudoku
+from data import generate_sudoku, write_sudoku_csv
+from tests.helpers import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
@@ -21,8 +20,8 @@ GEN = ["--task", "sudoku", "--style", "compact", "--gen-length", "16", "--block-
        "--device", "cpu", "--dtype", "float32"]
 
 
-def run(*args, cmd=(sys.executable, "eval.py")):
-    out = subprocess.run([*cmd, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+def run(*args):
+    out = subprocess.run([sys.executable, "eval.py", *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
                          stdin=subprocess.DEVNULL)  # never wait on an interactive prompt
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
@@ -84,12 +83,8 @@ def test_shard_indices_partition(n):
 
 @pytest.fixture(scope="module")
 def sudoku_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "sudoku.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Puzzle", "Solution"])
-        w.writerows(ex["target"] for ex in generate_sudoku(7, blanks=(4, 8), seed=1))  # 7 items, uneven blanks
-    return path
+    # 7 items (uneven over 2 processes), different numbers of blanks
+    return write_sudoku_csv(tmp_path_factory.mktemp("data") / "sudoku.csv", generate_sudoku(7, blanks=(4, 8), seed=1))
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +109,7 @@ def test_tiny_run_writes_outputs(one_process):
 
 
 def test_two_process_gloo_equals_one_process(tiny_dir, sudoku_file, tmp_path, one_process):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run("--model", tiny_dir, "--data-path", sudoku_file, "--out-dir", tmp_path, "--limit", 5, *GEN,
-        cmd=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "eval.py"))
+    torchrun("eval.py", "--model", tiny_dir, "--data-path", sudoku_file, "--out-dir", tmp_path, "--limit", 5, *GEN)
     two = ev.read_jsonl(tmp_path / "generations.jsonl")
     one = ev.read_jsonl(one_process[0] / "generations.jsonl")
     assert [r["index"] for r in two] == [0, 1, 2, 3, 4]  # every item exactly once (5 items over 2 ranks)

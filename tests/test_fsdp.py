@@ -9,10 +9,7 @@
 Run as a script under torchrun, this file is the worker that computes the sharded model's logits.
 """
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,19 +24,7 @@ sys.path.insert(0, str(ROOT))
 from model import (Config, LLaDA, check_memory_budget, is_sharded_checkpoint, load_checkpoint_state,  # noqa: E402
                    load_sharded_checkpoint, make_char_tokenizer, memory_budget, param_count, preset_config,
                    shard_fsdp)
-
-
-def torchrun(*args, cwd):
-    """2 gloo processes; returns when they are done (a failure shows both processes' output tails)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           *map(str, args)]
-    r = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+from tests.helpers import torchrun  # noqa: E402
 
 
 def rows(out):
@@ -157,15 +142,10 @@ def sharded_logits(ckpt: Path, out: Path):
 @pytest.fixture(scope="module")
 def grpo_one(tmp_path_factory):
     """The 1-process run every 2-process run is compared with, and the args that made it."""
-    import csv
     import data
     from diffu_grpo import main
     folder = tmp_path_factory.mktemp("grpo")
-    with open(folder / "sudoku.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Puzzle", "Solution"])
-        for ex in data.generate_sudoku(40, blanks=(4, 8), seed=0):
-            w.writerow(ex["target"])
+    data.write_sudoku_csv(folder / "sudoku.csv", data.generate_sudoku(40, blanks=(4, 8), seed=0))
     args = lambda out, *extra: [  # noqa: E731
         "--init", "tiny", "--task", "sudoku", "--train-path", folder / "sudoku.csv", "--style", "compact",
         "--gen-length", 16, "--block-length", 8, "--diffusion-steps", 8, "--prompts-per-step", 2,

@@ -1,8 +1,4 @@
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +6,7 @@ import torch
 
 from diffu_grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, step_prompts
 from model import apply_lora, example_generator, lora_disabled
+from tests.helpers import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,15 +137,9 @@ def test_mixed_tasks_get_equal_shares():
 
 @pytest.fixture(scope="module")
 def sudoku_csv(tmp_path_factory):
-    import csv
     import data
-    path = tmp_path_factory.mktemp("grpo") / "sudoku.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Puzzle", "Solution"])
-        for ex in data.generate_sudoku(40, blanks=(4, 8), seed=0):
-            w.writerow(ex["target"])
-    return path
+    return data.write_sudoku_csv(tmp_path_factory.mktemp("grpo") / "sudoku.csv",
+                                 data.generate_sudoku(40, blanks=(4, 8), seed=0))
 
 
 def grpo_args(csv_path, out, *extra):
@@ -196,20 +187,11 @@ def test_resume_continues_identically(sudoku_csv, tmp_path):
         torch.testing.assert_close(adapter(tmp_path / "cut" / "step-000003")[k], v)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(sudoku_csv, tmp_path):
     from diffu_grpo import main
     common = ["--max-steps", "2", "--mu", "2", "--beta", "0.04"]
     main(grpo_args(sudoku_csv, tmp_path / "one", *common))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(ROOT / "diffu_grpo.py"), *grpo_args(sudoku_csv, tmp_path / "two", *common)]
-    subprocess.run(cmd, check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
+    torchrun(ROOT / "diffu_grpo.py", *grpo_args(sudoku_csv, tmp_path / "two", *common), cwd=tmp_path, timeout=300)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     for a, b in zip(one, two):
         for key in ("reward", "loss", "kl", "completion_len"):

@@ -1,10 +1,6 @@
 """sft.py on CPU: the loss (prompt never a target, 1/t weighting, EOS padding as answer, split invariance) and
 the script (loss goes down, exact resume, merged export, 2-process gloo run == 1-process run)."""
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +9,7 @@ from safetensors.torch import load_file
 
 from model import LLaDA, load_adapter, preset_config
 from sft import draw_noise, encode_example, epoch_order, lr_at, main, make_batch, sft_loss
+from tests.helpers import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "<|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -177,15 +174,8 @@ def test_bf16_autocast_and_grad_checkpointing_run(sort_jsonl, tmp_path):
 def test_two_process_gloo_matches_one_process(sort_jsonl, tmp_path):
     common = ("--lora-r", 8, "--lora-dropout", 0, "--lr", 3e-3, "--epochs", 1, "--max-steps", 4, "--eval-every", 2)
     main(args_for(sort_jsonl, tmp_path / "one", *common, "--batch-size", 4, "--grad-accum", 1))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           str(ROOT / "sft.py"), *args_for(sort_jsonl, tmp_path / "two", *common, "--batch-size", 1, "--grad-accum", 2)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    torchrun(ROOT / "sft.py", *args_for(sort_jsonl, tmp_path / "two", *common, "--batch-size", 1, "--grad-accum", 2),
+             timeout=180)
     (l1, v1), (l2, v2) = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
     for s in l1:
