@@ -162,11 +162,6 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n, world))
 
 
-def row_generator(seed: int, index: int, device) -> torch.Generator:
-    """The sampling generator of one item: keyed on (seed, item index), on the model's device."""
-    return torch.Generator(device=device).manual_seed(example_generator(seed, index).initial_seed())
-
-
 @torch.no_grad()
 def evaluate(model, tokenizer, examples: list[dict], gen_length: int, block_length: int = 32,
              steps: int | None = None, temperature: float = 0.0, batch_size: int = 8, prefill: str = EVAL_PREFILL,
@@ -192,7 +187,7 @@ def evaluate(model, tokenizer, examples: list[dict], gen_length: int, block_leng
         P = x.shape[1]
         out = generate(model, x, mask, steps=steps, gen_length=gen_length,
                        block_length=block_length, temperature=temperature, threshold=threshold,
-                       generator=[row_generator(seed, i, device) for i in batch])  # (B, P + gen_length)
+                       generator=[example_generator(seed, i) for i in batch])  # keyed on the item; (B, P + gen_length)
         texts = tokenizer.batch_decode(out[:, P:].cpu(), skip_special_tokens=True)
         for i, text in zip(batch, texts):
             ex = examples[i]
