@@ -71,9 +71,8 @@ from tqdm import tqdm
 from model import (LLaDA, adapter_base, apply_lora, check_memory_budget, checkpoints, example_generator,
                    export_sharded_checkpoint, load_adapter, load_checkpoint_state, load_sharded_checkpoint,
                    load_tokenizer, lora_disabled, lora_modules, make_char_tokenizer, mask_tokens, memory_budget,
-                   merge_lora, open_metrics,
-                   preset_config, row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint,
-                   shard_fsdp)
+                   merge_lora, open_metrics, preset_config, row_uniforms, save_checkpoint, save_pretrained_fsdp,
+                   save_sharded_checkpoint, shard_fsdp)
 import data
 import eval as evaluation
 import rewards
