@@ -4,6 +4,7 @@ One command per measurement; each prints a markdown table.
   python bench.py sampler   --preset tiny      (CPU, seconds: random tiny model, character tokenizer)
   python bench.py grpo-step --preset tiny
   python bench.py sft       --preset tiny
+  python bench.py head      --repeats 5 (the RL estimator's fp32 output head vs bf16 logits at the 8B head size)
   python bench.py sampler   --preset llada-8b  (1 GPU: the real architecture with random bf16 weights, built
   python bench.py grpo-step --preset llada-8b   directly on the GPU; d1's rollout: 96 completions x 256 tokens,
   python bench.py sft       --preset llada-8b   128 steps, block 32; LoRA r=128, mu=12; SFT at 4096 tokens)
@@ -456,6 +457,45 @@ def bench_sft(args):
 # Main
 
 
+def bench_head(args):
+    """The RL estimator's output head in fp32 (model.OutputHead, fp32=True) vs the plain head under bf16 autocast
+    (bf16 logits), at LLaDA-8B's head size (126,464 x 4096) and random bf16 weights; log-softmax + gather as in
+    diffu_grpo._token_logprobs. Interleaved repeats; the ratio is the median of per-repeat ratios."""
+    from model import OutputHead
+    from diffu_grpo import _token_logprobs
+    dev = torch.device(args.device)
+    V, D = 126464, 4096
+    head = OutputHead(D, V, bias=False, device=dev, dtype=torch.bfloat16).requires_grad_(False)
+    g = torch.Generator(dev).manual_seed(args.seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, D, generator=g, device=dev) * 0.02)
+    h = torch.randn(1, args.positions, D, generator=g, device=dev).to(torch.bfloat16)
+    tokens = torch.randint(0, V, (1, args.positions), generator=g, device=dev)
+    want = torch.log_softmax(h.double() @ head.weight.double().T, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    runs = {
+        "bf16 logits (plain head under autocast)": lambda: (lambda lg: lg.gather(-1, tokens[..., None]).squeeze(-1)
+                                                              - torch.logsumexp(lg, -1))(head(h).float()),
+        "fp32 logits (OutputHead fp32=True)": lambda: _token_logprobs(lambda x, fp32: head(x, fp32=fp32), h, tokens),
+    }
+    times = {k: [] for k in runs}
+    errs = {}
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+        for i in range(args.warmup + args.repeats):
+            for name, fn in runs.items():
+                out, dt = timed(fn, dev)
+                if i >= args.warmup:
+                    times[name].append(dt)
+                errs[name] = (out.double() - want).abs().max().item()
+    base = "bf16 logits (plain head under autocast)"
+    ratios = [b / a for a, b in zip(times[base], times["fp32 logits (OutputHead fp32=True)"])]
+    rows = [[name, str(args.positions), f"{1000 * statistics.median(t):.1f}",
+             f"{statistics.median(ratios):.2f}" if name != base else "1.00", f"{errs[name]:.2e}"]
+            for name, t in times.items()]
+    args.dtype = "bfloat16"  # the weights and the autocast of this figure, whatever the preset says
+    print(header(args, "head", f"LLaDA-8B output head {V} x {D}, random bf16 weights"))
+    print(table(["head", "positions", "ms", "x time vs bf16", "max |log-prob error| vs float64"], rows))
+
+
 def header(args, what: str, desc: str) -> str:
     dev = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else \
         f"cpu, {torch.get_num_threads()} thread(s)"
@@ -515,6 +555,8 @@ def parse_args(argv=None):
     f.add_argument("--lora-alpha", type=float, default=None)
     f.add_argument("--lora-dropout", type=float, default=0.05)
     f.add_argument("--grad-checkpointing", action="store_true")
+    h = sub.add_parser("head", parents=[common], help="the estimator's fp32 output head vs bf16 logits, at 8B size")
+    h.add_argument("--positions", type=int, default=64, help="completion positions per call (d1: 2 rows x 256)")
     args = p.parse_args(argv)
 
     preset = PRESETS[args.preset]
@@ -528,6 +570,7 @@ def parse_args(argv=None):
                           gen_batch_size="gen_batch_size", micro_batch_size="micro_batch_size", mu="mu",
                           lora_r="grpo_lora_r", lora_alpha="grpo_lora_alpha"),
         "sft": dict(batch="sft_batch", length="sft_length", lora_r="sft_lora_r", lora_alpha="sft_lora_alpha"),
+        "head": {},
     }[args.what]
     for k, key in per_command.items():
         if getattr(args, k) is None:
@@ -548,7 +591,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"sampler": bench_sampler, "grpo-step": bench_grpo_step, "sft": bench_sft}[args.what](args)
+    {"sampler": bench_sampler, "grpo-step": bench_grpo_step, "sft": bench_sft, "head": bench_head}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,22 @@
 """diffu-GRPO: policy-gradient RL for a masked diffusion LM (stage 2 of d1).
 
-One outer step:
-  1. sample G completions per prompt with the masked sampler (sample.generate);
+A STEP IS ONE OPTIMIZER STEP (one AdamW update), as in d1 and every HF trainer: `--max-steps`, d1's per-task
+counts (GSM8K 7700, MATH 6600, Countdown 5000, Sudoku 3800), `--save-every`, `--eval-every`, checkpoint names
+`step-NNNNNN`, the progress bar and metrics.jsonl all count optimizer steps, so `step-007700` is comparable with
+d1's checkpoint-7700. A ROLLOUT ROUND feeds mu optimizer steps:
+  1. sample G completions for each of the round's prompts with the masked sampler (sample.generate);
   2. reward them (rewards.py); advantage = reward - mean of its group (optionally / std);
-  3. draw mu mask seeds and store them with the rollout; with them compute, once and under no_grad,
-     the old-policy and reference log-probs of every completion for all mu masks;
-  4. take mu optimizer steps; inner step k uses mask k for the policy, old and reference log-probs alike.
+  3. draw mu mask seeds and store them with the rollout; with them compute, once and under no_grad, the
+     old-policy log-probs (masks 1..mu-1) and the reference log-probs (all mu masks) of every completion;
+  4. take mu optimizer steps; inner step k uses mask k for the policy, old and reference log-probs alike, and
+     every optimizer step uses ALL completions of the round (d1: 16 prompts x 6 = 96 per step, mu = 12, so the
+     GSM8K run is ceil(7700 / 12) = 642 rounds of 16 prompts).
+When --max-steps is not a multiple of mu, the last round stops after the remaining steps. Checkpoints and
+validation happen at round boundaries: at the end of the first round that reaches each multiple of --save-every
+(--eval-every), named by the optimizer step reached (mu = 12, --save-every 500: step-000504, step-001008, ...),
+and at the end of the run. `--dry-run` prints the run plan (rounds, steps, prompts, epochs, forwards, tokens, and
+what differs from d1's recipe) and exits without loading anything.
+
 Log-probs come from d1's one-step mean-field estimator (`completion_logprobs`): the prompt is masked with
 probability p_mask_prompt (0.15), the WHOLE completion is masked, one forward pass, and each completion
 token's log-prob is read off the logits at its position. Loss per token (clipped surrogate + k3 KL):
@@ -13,19 +24,31 @@ token's log-prob is read off the logits at its position. Loss per token (clipped
 over completion tokens up to and including the first EOS, divided by the number of such tokens in the
 GLOBAL batch of the optimizer step.
 
+The estimator is DETERMINISTIC: the same weights, completion and mask seed give the same log-probs in the
+old-policy, reference and policy passes. So no dropout anywhere in RL (LoRA adapters carry none; d1 ran LoRA
+dropout 0.05 independently in each pass and while sampling, so its ratio was not 1 even before any update:
+noise that the clip then treated as policy change), and the old log-probs of inner step 0 ARE the policy's
+(the weights have not moved yet): it reuses them (ratio exactly 1) instead of a second pass. The head and
+log-softmax run in fp32 with autocast off (model.OutputHead): bf16 logits would round log-probs by more than
+one update moves them.
+
 Deliberate differences from the public d1 code (method.md, "Pitfalls"):
 - mask seeds are stored with the rollout and indexed by inner step k (d1 indexed them after the step counter
   moved, so with grad accumulation each micro-batch saw only mu/2 distinct masks);
 - masks come from local torch.Generators keyed on (mask seed, GLOBAL completion index); d1 reseeded the
   global RNGs inside the loss. Rollout noise is keyed the same way: N processes reproduce 1 process;
-- Gumbel noise in float64, log-softmax in fp32 and only at completion positions, in chunks (d1: bf16, full
-  sequence, full vocabulary);
+- Gumbel noise in float64, logits and log-softmax in fp32 and only at completion positions, in chunks (d1:
+  bf16, full sequence, full vocabulary); no dropout (above);
 - the loss is normalised by the completion tokens of the global batch, not per micro-batch (split-invariant);
 - mu = 1 with beta > 0 works; beta = 0 skips the reference pass; padding is masked in attention (d1 attended
   to left padding); the reference policy is the LoRA-disabled network (no second copy), or a frozen copy
   with full fine-tuning;
+- base weights in bf16 (d1: 4-bit NF4 through bitsandbytes, for policy and reference alike): LLaDA-8B in bf16
+  fits an 80 GB GPU, and a 4-bit base would change the model being trained;
 - rewards fixed as documented in rewards.py (safe Countdown evaluator, DOTALL regexes, negative GSM8K, ...);
 - validation on a held-out split of the TRAINING data; the test set is never used for selection.
+The learning rate follows d1's `constant_with_warmup` (warmup ratio 1e-4 = 1 step for every d1 task, with HF's
+formula lr * step / warmup, so d1's first optimizer step had lr 0: AdamW's moments see one gradient first).
 
 Full fine-tuning (--lora-r 0): fp32 master weights, gradients and AdamW state (~16 bytes/parameter, 128 GB at 8B)
 plus, with beta > 0, a frozen bf16 copy as the KL reference (2 bytes/parameter; --beta 0 drops it and the
@@ -38,7 +61,8 @@ it exceeds the GPU's memory.
 
 Commands:
   CPU smoke test:  python diffu_grpo.py --init tiny --task sudoku --train-path puzzles.csv --style compact \\
-                       --gen-length 32 --block-length 16 --diffusion-steps 16 --max-steps 3
+                       --gen-length 32 --block-length 16 --diffusion-steps 16 --max-steps 6 --mu 3
+  the plan only:   python diffu_grpo.py --task gsm8k --dry-run 8
   1 GPU:           python diffu_grpo.py --task gsm8k
   8 GPUs (d1):     torchrun --nproc_per_node=8 diffu_grpo.py --task gsm8k
   mixed tasks:     torchrun --nproc_per_node=8 diffu_grpo.py --task gsm8k,math,countdown,sudoku
@@ -54,11 +78,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -78,19 +104,26 @@ import eval as evaluation
 import rewards
 from sample import generate, left_pad
 
-# d1's per-task defaults (launch scripts): inner iterations mu and total outer steps.
+# d1's per-task defaults (launch scripts): inner iterations mu and total OPTIMIZER steps.
 TASK_MU = {"gsm8k": 12, "math": 12, "countdown": 8, "sudoku": 8, "code": 12}
 TASK_STEPS = {"gsm8k": 7700, "math": 6600, "countdown": 5000, "sudoku": 3800, "code": 5000}
 # d1 left-truncated prompts to 200 tokens; coding prompts (instructions + problem + signature) need more.
 TASK_PROMPT_LENGTH = {"code": 512}
+D1_WARMUP_RATIO = 1e-4  # d1: lr_scheduler_type constant_with_warmup, warmup_ratio 1e-4 -> ceil(1e-4 * steps) = 1 step
+# The flags that make up d1's recipe: the run plan lists those whose value differs from d1's (the parser defaults,
+# with the per-task values above).
+RECIPE = ("max_steps", "mu", "num_generations", "prompts_per_step", "gen_length", "block_length", "diffusion_steps",
+          "temperature", "threshold", "cache", "max_prompt_length", "p_mask_prompt", "eps", "beta", "scale_rewards",
+          "random_reward", "lr", "warmup_steps", "betas", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha",
+          "lora_targets")
 
 # -----------------------------------------------------------------------------
 # The estimator and the loss
 
 
 def _token_logprobs(head, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """h (b, G, D), tokens (b, G) -> log p(token) (b, G) fp32: head + fp32 log-softmax, gathered."""
-    logits = head(h).float()  # (b, G, V)
+    """h (b, G, D), tokens (b, G) -> log p(token) (b, G): fp32 logits (autocast off) and fp32 log-softmax."""
+    logits = head(h, fp32=True)  # (b, G, V) fp32
     return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -102,8 +135,8 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     prompt_ids, prompt_mask (B, P) left-padded; completion_ids (B, G); mask_gens one generator per row.
     Real prompt tokens -> [MASK] with probability p_mask_prompt, every completion token -> [MASK], one forward
     pass, and log p(completion_ids[i, j]) read at completion position j. Returns (B, G) fp32.
-    The output head runs on `chunk_rows` rows at a time (checkpointed under grad), so the (B, G, V) logits
-    never exist at once: at 126k vocabulary they would be the largest tensor of the step."""
+    The output head runs in fp32 on `chunk_rows` rows at a time (checkpointed under grad), so the (B, G, V)
+    logits never exist at once: at 126k vocabulary they would be the largest tensor of the step."""
     B, P = prompt_ids.shape
     u = row_uniforms(mask_gens, prompt_mask)
     noisy_prompt, _ = mask_tokens(prompt_ids, prompt_mask.bool(), p_mask_prompt, u, mask_id)
@@ -155,38 +188,169 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, cmask, eps: float, beta: flo
     return (per_token * cmask).sum() / normalizer, stats
 
 
+def lr_at(step: int, base_lr: float, warmup: int) -> float:
+    """d1's schedule, HF's `constant_with_warmup`: lr * step / warmup for optimizer step `step` (0-based) < warmup
+    (0 at the first step), then constant."""
+    return base_lr * min(1.0, step / warmup) if warmup > 0 else base_lr
+
+
 # -----------------------------------------------------------------------------
-# Helpers
+# One rollout round: prompts, completions, rewards, stored mask seeds
 
 
 def unwrap(model):
     return model.module if isinstance(model, DDP) else model
 
 
-def gather_keys(d: dict, world: int) -> list:
-    """Every rank's dict keys (a rank may lack a task's components in a mixed run)."""
-    out = [None] * world
-    dist.all_gather_object(out, list(d))
-    return out
-
-
-@functools.lru_cache(maxsize=16)  # the current and next epoch of each task: a step may straddle them
+@functools.lru_cache(maxsize=16)  # the current and next epoch of each task: a round may straddle them
 def epoch_order(n: int, seed: int, epoch: int, task: int = 0) -> list[int]:
     """The order of a task's training prompts in an epoch: depends only on (seed, epoch, task)."""
     return torch.randperm(n, generator=example_generator(seed, 4, epoch, task)).tolist()
 
 
-def step_prompts(sizes: list[int], step: int, per_step: int, seed: int) -> list[int]:
-    """Indices, into the tasks' training sets concatenated in order, of the prompts of global step `step`.
+def round_prompts(sizes: list[int], rnd: int, per_round: int, seed: int) -> list[int]:
+    """Indices, into the tasks' training sets concatenated in order, of the prompts of rollout round `rnd`.
     Prompt slots go to the tasks in turn, so each task gets an equal share however large its dataset is (the
     sizes differ by 100x between GSM8K and Sudoku); each task walks through its own shuffled epochs."""
     offsets = [sum(sizes[:t]) for t in range(len(sizes))]
     out = []
-    for pos in range(step * per_step, (step + 1) * per_step):
+    for pos in range(rnd * per_round, (rnd + 1) * per_round):
         t, k = pos % len(sizes), pos // len(sizes)
         epoch, i = divmod(k, sizes[t])
         out.append(offsets[t] + epoch_order(sizes[t], seed, epoch, t)[i])
     return out
+
+
+@dataclasses.dataclass
+class Round:
+    """One rollout round as this rank holds it. N = this rank's completions (its prompts x G), L = gen length."""
+    index: int                    # the round number: keys the prompts, the sampler noise and the mask seeds
+    prompt_ids: torch.Tensor      # (N, P) left-padded
+    prompt_mask: torch.Tensor     # (N, P) 1 = real token
+    completion_ids: torch.Tensor  # (N, L)
+    gidx: list[int]               # global completion index of each row: keys the sampler noise and the masks
+    rewards: torch.Tensor         # (N,) the task rewards (logged even when --random-reward trains on noise)
+    advantages: torch.Tensor      # (N,)
+    cmask: torch.Tensor           # (N, L) 1 = completion token up to and including the first EOS
+    normalizer: float             # completion tokens of the GLOBAL round (all ranks): the loss's denominator
+    mask_seeds: list[int]         # mu seeds, one per inner step, drawn once and stored with the rollout
+
+
+def rollout(model, prompt_ids, prompt_mask, gidx: list[int], rnd: int, args, autocast) -> torch.Tensor:
+    """The completions (N, gen_length) of this rank's rows, sampled in batches of --gen-batch-size. The noise of
+    row i is keyed on (seed, round, gidx[i]): a completion does not depend on its batch-mates or the rank."""
+    model.eval()
+    out = []
+    for r in range(0, len(gidx), args.gen_batch_size):
+        rows = slice(r, r + args.gen_batch_size)
+        with autocast:
+            x = generate(model, prompt_ids[rows], prompt_mask[rows], steps=args.diffusion_steps,
+                         gen_length=args.gen_length, block_length=args.block_length, temperature=args.temperature,
+                         generator=[example_generator(args.seed, 1, rnd, g) for g in gidx[rows]],
+                         threshold=args.threshold, cache=args.cache)  # (b, P + gen_length)
+        out.append(x[:, prompt_ids.shape[1]:])
+    return torch.cat(out)
+
+
+def score(tasks: list[str], examples: list[dict], texts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Task rewards (N,) of this rank's completions and, for logging, sums "task/component" over them."""
+    total = torch.zeros(len(texts))
+    sums: dict[str, float] = {}
+    for task in tasks:
+        rows = [i for i, ex in enumerate(examples) if ex["task"] == task]
+        sums[f"{task}/count"] = float(len(rows))
+        if not rows:
+            continue
+        scores = rewards.score(task, [texts[i] for i in rows], [examples[i]["target"] for i in rows])
+        total[rows] = torch.tensor(scores["total"], dtype=torch.float32)
+        for name, vals in scores.items():
+            sums[f"{task}/{name}"] = sum(vals)
+    return total, sums
+
+
+def estimate(model, rnd: Round, k: int, rows, args, mask_id: int) -> torch.Tensor:
+    """Log-probs (len(rows), L) of rows of the round under `model`, with the prompt mask of inner step k."""
+    gens = [example_generator(rnd.mask_seeds[k], rnd.gidx[i]) for i in rows]
+    return completion_logprobs(model, rnd.prompt_ids[rows], rnd.prompt_mask[rows], rnd.completion_ids[rows], gens,
+                               args.p_mask_prompt, mask_id)
+
+
+def micro_batches(n: int, size: int) -> list[list[int]]:
+    return [list(range(r, min(r + size, n))) for r in range(0, n, size)]
+
+
+@torch.no_grad()
+def old_and_ref_logprobs(model, ref_model, rnd: Round, mu: int, args, autocast, mask_id: int):
+    """Old-policy log-probs for inner steps 1..mu-1 (step 0 reuses the policy's own: the weights have not moved
+    yet) and reference log-probs for all mu steps, each (N, L), computed once per round. Lists indexed by k;
+    None where not needed (old[0]; every ref when beta = 0)."""
+    model.eval()
+    mbs = micro_batches(len(rnd.gidx), args.micro_batch_size)
+    pass_ = lambda m, k: torch.cat([estimate(m, rnd, k, rows, args, mask_id) for rows in mbs])  # noqa: E731
+    with autocast:
+        old = [None] + [pass_(model, k) for k in range(1, mu)]
+        ref = [None] * mu
+        if args.beta > 0:  # the frozen reference: the same network with LoRA off, or a frozen copy (full FT)
+            with (lora_disabled(model) if ref_model is None else contextlib.nullcontext()):
+                ref = [pass_(model if ref_model is None else ref_model, k) for k in range(mu)]
+    return old, ref
+
+
+def update(policy, optimizer, params, rnd: Round, k: int, old, ref, args, autocast, mask_id: int, lr: float,
+           ddp: bool, world: int) -> dict[str, float]:
+    """Inner step k: one optimizer step over all of the round's completions (grad accumulation over this rank's
+    micro-batches; DDP/FSDP reduce on the last). Returns token sums of the loss statistics and the grad norm."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    policy.train()  # only gradient checkpointing looks at it: RL has no dropout
+    mbs = micro_batches(len(rnd.gidx), args.micro_batch_size)
+    sums = {"loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl": 0.0}
+    for j, rows in enumerate(mbs):
+        last = j == len(mbs) - 1
+        if args.fsdp:  # FSDP's no_sync: keep unsharded gradients until the last micro-step, then reduce-scatter
+            policy.set_requires_gradient_sync(last)
+        sync = contextlib.nullcontext() if (last or not ddp or args.fsdp) else policy.no_sync()
+        with sync:
+            with autocast:
+                logp = estimate(policy, rnd, k, rows, args, mask_id)  # (b, L)
+            old_k = logp.detach() if old[k] is None else old[k][rows]
+            ref_k = None if ref[k] is None else ref[k][rows]
+            loss, st = grpo_loss(logp, old_k, ref_k, rnd.advantages[rows], rnd.cmask[rows], args.eps, args.beta,
+                                 rnd.normalizer)
+            (loss * world).backward()  # DDP averages gradients over ranks; we want the global sum
+        sums["loss"] += loss.item()
+        for key, v in st.items():
+            sums[key] += v
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {**sums, "grad_norm": float(grad_norm)}
+
+
+def all_reduce_sums(sums: dict[str, float], device, ddp: bool, world: int) -> dict[str, float]:
+    """A dict of numbers summed over ranks (a key a rank lacks counts 0 there: a mixed run's rank may have no
+    prompt of some task)."""
+    if not ddp:
+        return dict(sums)
+    everyone = [None] * world
+    dist.all_gather_object(everyone, sorted(sums))
+    keys = sorted(set().union(*everyone))
+    t = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def round_log(totals: dict[str, float], G: int, gen_length: int, t_gen: float, t_logp: float) -> dict:
+    """Round statistics (logged on the round's first optimizer step) from globally summed numbers."""
+    n = totals["n"]
+    mean = totals["reward"] / n
+    log = {"reward": mean, "reward_std": math.sqrt(max(totals["reward_sq"] / n - mean ** 2, 0.0)),
+           "zero_std_groups": totals["zero_std_groups"] / (n / G), "completion_len": totals["tokens"] / n,
+           "t_gen": t_gen, "t_logp": t_logp, "gen_tok_s": n * gen_length / max(t_gen, 1e-9)}
+    for key, v in totals.items():  # "task/component" sums -> per-completion means of that task
+        if "/" in key and not key.endswith("/count"):
+            log[f"reward/{key}"] = v / max(1.0, totals[key.split("/")[0] + "/count"])
+    return log
 
 
 def build_model(args, device, dtype, master: bool):
@@ -212,9 +376,8 @@ def build_model(args, device, dtype, master: bool):
         tokenizer = load_tokenizer(args.init)
         model = LLaDA.from_pretrained(args.init, dtype=load_dtype, device=load_device)
     ref = None
-    if lora:  # the reference policy is this network with the adapters disabled (lora_disabled)
-        model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets.split(","),
-                           seed=args.seed)
+    if lora:  # the reference policy is this network with the adapters disabled (lora_disabled); no dropout in RL
+        model = apply_lora(model, args.lora_r, args.lora_alpha, 0.0, args.lora_targets.split(","), seed=args.seed)
     else:
         if args.beta > 0:  # built on the meta device, then given copies of the weights: no random init
             # The reference computes exactly as the policy does: bf16 weights under FSDP's mixed precision,
@@ -236,19 +399,75 @@ def build_model(args, device, dtype, master: bool):
 
 
 # -----------------------------------------------------------------------------
+# The run plan: what a launch will do, printed before anything loads (--dry-run: only that)
+
+
+def resolve_defaults(args) -> None:
+    """Fill the per-task defaults (d1's mu, optimizer steps, prompt length) and d1's warmup into `args`."""
+    tasks = args.task.split(",")
+    args.mu = args.mu if args.mu is not None else max(TASK_MU.get(t, 8) for t in tasks)
+    args.max_steps = args.max_steps if args.max_steps is not None else max(TASK_STEPS.get(t, 1000) for t in tasks)
+    args.max_prompt_length = args.max_prompt_length or max(TASK_PROMPT_LENGTH.get(t, 200) for t in tasks)
+    if args.warmup_steps is None:
+        args.warmup_steps = math.ceil(D1_WARMUP_RATIO * args.max_steps)
+
+
+def known_train_size(args) -> int | None:
+    """Training prompts known without downloading: GSM8K's train split has 7,473 rows (openai/gsm8k, main), of
+    which data.py holds out 256 for validation. Other hub sources are counted when the run loads them."""
+    if args.task == "gsm8k" and args.train_path is None:
+        return 7473 - data.HOLDOUT["gsm8k"]
+    return None
+
+
+def run_plan(args, world: int, n_train: int | None = None) -> str:
+    """What the run will do, in numbers a user can plan a GPU budget with, and where it departs from d1."""
+    G, per_round, mu, S = args.num_generations, args.prompts_per_step, args.mu, args.max_steps
+    local = per_round // world * G
+    rounds = math.ceil(S / mu)
+    last = S - (rounds - 1) * mu
+    prompts = rounds * per_round
+    gen_calls = math.ceil(local / args.gen_batch_size)
+    epochs = f" = {prompts / n_train:.2f} epochs of {n_train:,} training prompts" if n_train else \
+        " (epochs: the training set is counted when it loads)"
+    lines = [
+        f"diffu-GRPO run plan: task {args.task}, {world} process{'es' if world > 1 else ''}",
+        f"  round             {per_round} prompts x G={G} = {per_round * G} completions ({local} per process)",
+        f"  optimizer steps   {S:,}, mu={mu} per round, each over all {per_round * G} completions of its round "
+        f"(micro-batch {args.micro_batch_size}, grad accum {math.ceil(local / args.micro_batch_size)} per process)",
+        f"  rollout rounds    {rounds:,}" + (f" (the last runs {last} of its {mu} steps)" if last < mu else ""),
+        f"  prompts           {prompts:,}{epochs}",
+        f"  sampler forwards  {gen_calls * args.diffusion_steps:,} per round per process ({gen_calls} batch"
+        f"{'es' if gen_calls > 1 else ''} x {args.diffusion_steps} steps, {args.gen_length} tokens, block "
+        f"{args.block_length})",
+        f"  log-prob passes   per round over the {local} completions of each process: old policy {mu - 1}, "
+        f"reference {mu if args.beta > 0 else 0} (no grad), policy {mu} (forward + backward)",
+        f"  tokens generated  {rounds * per_round * G * args.gen_length:,} in total",
+        f"  learning rate     {args.lr:g}, constant after {args.warmup_steps} warmup step(s) (lr * step / warmup)",
+    ]
+    d1 = parse_args(["--task", args.task])
+    resolve_defaults(d1)
+    diffs = [f"--{k.replace('_', '-')} {getattr(args, k)} (d1: {getattr(d1, k)})" for k in RECIPE
+             if getattr(args, k) != getattr(d1, k)]
+    lines.append(f"  vs d1's recipe    {'; '.join(diffs) if diffs else 'the same'}; always: bf16 base weights (d1: "
+                 "4-bit NF4), padding masked, no dropout, d1's bugs fixed (README)")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
 # Main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="diffu-GRPO reinforcement learning for LLaDA (d1 stage 2).",
+    p = argparse.ArgumentParser(description="diffu-GRPO reinforcement learning for LLaDA (d1 stage 2). A step is one "
+                                            "optimizer step; a rollout round feeds mu of them.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # model
     p.add_argument("--init", default="GSAI-ML/LLaDA-8B-Instruct",
                    help="starting model: hub id / folder (base or merged SFT), an SFT adapter folder, or 'tiny'")
     p.add_argument("--base-model", default=None, help="base model of an --init adapter (default: from its config)")
     p.add_argument("--lora-r", type=int, default=128, help="LoRA rank; 0 = full fine-tuning")
-    p.add_argument("--lora-alpha", type=float, default=64)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lora-alpha", type=float, default=64, help="LoRA alpha (scale alpha / r)")
     p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,up_proj",
                    help="block modules to adapt (d1's q/k/v/o/gate/up/down list matches these four in LLaDA)")
     # data
@@ -260,7 +479,9 @@ def parse_args(argv=None):
                    help="prompts are left-truncated to this many tokens (default: 200 as d1; 512 with code)")
     # rollouts
     p.add_argument("--num-generations", type=int, default=6, help="G: completions per prompt")
-    p.add_argument("--prompts-per-step", type=int, default=16, help="prompts per outer step, all ranks together")
+    p.add_argument("--prompts-per-step", type=int, default=16,
+                   help="prompts per rollout round, all ranks together; every optimizer step of the round uses all "
+                        "of their completions")
     p.add_argument("--gen-length", type=int, default=256)
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--diffusion-steps", type=int, default=128)
@@ -270,7 +491,8 @@ def parse_args(argv=None):
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
                    help="opt-in approximate KV cache for rollouts (Fast-dLLM); changes the samples")
     # objective
-    p.add_argument("--mu", type=int, default=None, help="inner iterations per rollout (default: d1's per task)")
+    p.add_argument("--mu", type=int, default=None,
+                   help="inner iterations = optimizer steps per rollout round (default: d1's per task, 12 or 8)")
     p.add_argument("--p-mask-prompt", type=float, default=0.15)
     p.add_argument("--eps", type=float, default=0.5, help="clipping epsilon")
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient (0 skips the reference pass)")
@@ -278,20 +500,29 @@ def parse_args(argv=None):
     p.add_argument("--random-reward", action="store_true", help="control run: train on U(0,1) noise as reward")
     # optimisation
     p.add_argument("--lr", type=float, default=3e-6)
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warmup in optimizer steps, HF's formula (lr * step / warmup: 0 at the first step), "
+                        "then constant (default: d1's warmup ratio 1e-4 of --max-steps, i.e. 1 step)")
     p.add_argument("--betas", default="0.9,0.99")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--max-grad-norm", type=float, default=0.2)
     p.add_argument("--micro-batch-size", type=int, default=6, help="completions per forward/backward")
-    p.add_argument("--max-steps", type=int, default=None, help="outer steps (default: d1's per task)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="OPTIMIZER steps in total (default: d1's per task: gsm8k 7700, math 6600, countdown 5000, "
+                        "sudoku 3800); the last round stops early when this is not a multiple of mu")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--fsdp", action="store_true",
                    help="full fine-tuning (--lora-r 0) under torchrun: shard weights, gradients, AdamW state and the "
                         "KL reference over the ranks (FSDP2); checkpoints are sharded (torch.distributed.checkpoint)")
     # bookkeeping
     p.add_argument("--out-dir", default="out/grpo")
-    p.add_argument("--eval-every", type=int, default=100, help="validation accuracy every N steps (0 = never)")
+    p.add_argument("--eval-every", type=int, default=100,
+                   help="validation accuracy at the end of the first round reaching each multiple of N optimizer "
+                        "steps, and at the end (0 = never)")
     p.add_argument("--val-size", type=int, default=64, help="validation prompts (held out from TRAINING data)")
-    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--save-every", type=int, default=500,
+                   help="checkpoint at the end of the first round reaching each multiple of N optimizer steps, "
+                        "named by the step reached, and at the end")
     p.add_argument("--keep-last", type=int, default=0, help="keep only the last N checkpoints (0 = all)")
     p.add_argument("--resume", default=None, help="checkpoint folder, or 'auto' for the newest in --out-dir")
     p.add_argument("--merge", action="store_true",
@@ -299,11 +530,12 @@ def parse_args(argv=None):
     p.add_argument("--export", default=None, metavar="CKPT",
                    help="convert the sharded checkpoint folder CKPT to an HF-layout model in CKPT-hf (one process, "
                         "CPU, in --dtype) and exit")
+    p.add_argument("--dry-run", type=int, nargs="?", const=0, default=None, metavar="WORLD",
+                   help="print the run plan for WORLD processes (default: this launch's) and exit, loading nothing")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
                    choices=["float32", "bfloat16"])
-    p.add_argument("--log-every", type=int, default=1)
     return p.parse_args(argv)
 
 
@@ -313,11 +545,16 @@ def main(argv=None):
         out = export_sharded_checkpoint(args.export, args.export.rstrip("/") + "-hf", getattr(torch, args.dtype))
         print(f"wrote {out}")
         return
-    if args.fsdp and (args.lora_r > 0 or "RANK" not in os.environ):
+    if args.fsdp and (args.lora_r > 0 or ("RANK" not in os.environ and args.dry_run is None)):
         raise ValueError("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
     if args.fsdp and args.threshold is not None:
         raise ValueError("--threshold makes the number of sampler forwards differ between ranks, which FSDP's "
                          "collective all-gathers cannot follow: leave it unset with --fsdp")
+    resolve_defaults(args)
+    tasks, mu, G = args.task.split(","), args.mu, args.num_generations
+    if args.dry_run is not None:
+        print(run_plan(args, args.dry_run or int(os.environ.get("WORLD_SIZE", 1)), known_train_size(args)))
+        return
 
     # -- distributed setup: the same script runs under `python` and `torchrun`
     ddp = "RANK" in os.environ
@@ -332,12 +569,11 @@ def main(argv=None):
     master = rank == 0
     dtype = getattr(torch, args.dtype)
     autocast = torch.autocast("cuda", dtype=dtype) if device.startswith("cuda") else contextlib.nullcontext()
+    if device.startswith("cuda") and dtype == torch.bfloat16:
+        # fp32 matmuls of a bf16 run are the estimator's output head (model.OutputHead) on bf16-valued inputs,
+        # which TF32's 10-bit mantissa holds exactly: tensor-core speed, fp32 accumulation and output.
+        torch.backends.cuda.matmul.allow_tf32 = True
 
-    tasks = args.task.split(",")
-    mu = args.mu or max(TASK_MU.get(t, 8) for t in tasks)
-    args.max_prompt_length = args.max_prompt_length or max(TASK_PROMPT_LENGTH.get(t, 200) for t in tasks)
-    max_steps = args.max_steps or max(TASK_STEPS.get(t, 1000) for t in tasks)
-    G = args.num_generations
     if args.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {args.prompts_per_step} must be divisible by the world size {world}: "
                          "each rank owns whole prompt groups")
@@ -348,9 +584,7 @@ def main(argv=None):
                          f"by --micro-batch-size {args.micro_batch_size}")
     accum = local_n // args.micro_batch_size
     if master:
-        print(f"world {world} | prompts/step {args.prompts_per_step} ({prompts_per_rank}/rank) x G={G} = "
-              f"{args.prompts_per_step * G} completions per optimizer step | micro-batch {args.micro_batch_size}, "
-              f"grad accum {accum} | mu {mu} | steps {max_steps}")
+        print(run_plan(args, world, known_train_size(args)), flush=True)
 
     model, tokenizer, base_name, ref_model = build_model(args, device, dtype, master)
     budget = memory_budget(model.config, world, args.lora_r, fsdp=args.fsdp, reference=ref_model is not None,
@@ -371,11 +605,13 @@ def main(argv=None):
     sizes = [sum(ex["task"] == task for ex in train) for task in tasks]
     if min(sizes) == 0:
         raise ValueError(f"no training prompts for task {tasks[sizes.index(0)]!r} (train path: {args.train_path})")
-    encode = lambda ex: tokenizer(data.format_prompt(tokenizer, ex["prompt"]),
+    encode = lambda ex: tokenizer(data.format_prompt(tokenizer, ex["prompt"]),  # noqa: E731
                                   add_special_tokens=False)["input_ids"][-args.max_prompt_length:]  # left-truncate
     if master:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"{len(train)} training / {len(val)} validation prompts | {trainable:,} trainable parameters")
+        n_prompts = math.ceil(args.max_steps / mu) * args.prompts_per_step
+        print(f"{len(train)} training / {len(val)} validation prompts: the run's {n_prompts:,} prompts are "
+              f"{n_prompts / len(train):.2f} epochs | {trainable:,} trainable parameters")
     if args.eval_every and not val:
         if master:
             print(f"warning: no validation prompts for --task {args.task}: periodic validation is off")
@@ -388,7 +624,7 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=tuple(map(float, args.betas.split(","))),
                                   weight_decay=args.weight_decay)
     out_dir = Path(args.out_dir)
-    step = 0
+    step, rounds_done = 0, 0  # optimizer steps taken, rollout rounds finished
     if args.resume:
         ckpt = args.resume
         if ckpt == "auto":
@@ -396,151 +632,104 @@ def main(argv=None):
             ckpt = found[-1] if found else None
         if ckpt is not None:
             state = (load_sharded_checkpoint if args.fsdp else load_checkpoint_state)(ckpt, model, optimizer)
-            step = state["step"]
-            for key in ("seed", "task", "prompts_per_step", "num_generations", "train_path"):  # the data order
+            step, rounds_done = state["step"], state["round"]
+            for key in ("seed", "task", "prompts_per_step", "num_generations", "train_path", "mu"):  # data, rounds
                 if state["args"][key] != getattr(args, key):
                     raise ValueError(f"--resume {ckpt}: --{key.replace('_', '-')} was {state['args'][key]!r}, now "
                                      f"{getattr(args, key)!r}; the run would skip or repeat prompts")
             if master:
-                print(f"resumed from {ckpt} at step {step}")
+                print(f"resumed from {ckpt} at optimizer step {step}, round {rounds_done}")
+                if step != rounds_done * mu:
+                    print(f"warning: {ckpt} ended inside its last round (--max-steps {state['args']['max_steps']} is "
+                          f"not a multiple of mu = {mu}); this run starts a new round, so it differs from one launched "
+                          f"with --max-steps {args.max_steps} from the start", file=sys.stderr)
     # FSDP's hooks live on the model itself; DDP wraps it.
     policy = DDP(model, device_ids=[device] if device.startswith("cuda") else None) if ddp and not args.fsdp else model
+    raw = unwrap(policy)
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
     metrics_file = open_metrics(out_dir / "metrics.jsonl", step) if master else None
-    bar = tqdm(total=max_steps, initial=step, disable=not master, desc="diffu-GRPO")
+    bar = tqdm(total=args.max_steps, initial=step, disable=not master, desc="diffu-GRPO optimizer steps")
 
-    while step < max_steps:
-        # Dropout noise (the only use of the global RNG) reseeded per (step, rank): resuming is exact.
-        torch.manual_seed(int(torch.randint(2**62, (), generator=example_generator(args.seed, 5, step, rank))))
-        log = {"step": step + 1}
-        # ---- 1. rollouts: this rank's whole prompt groups
+    # Nothing below draws from the global RNG (every draw is keyed; RL has no dropout): resuming is exact.
+    while step < args.max_steps:
+        r = rounds_done
+        first_step = step
+        # ---- 1. rollout: this rank's whole prompt groups of round r
         t0 = time.time()
-        idx = step_prompts(sizes, step, args.prompts_per_step, args.seed)[rank * prompts_per_rank:
-                                                                              (rank + 1) * prompts_per_rank]
+        idx = round_prompts(sizes, r, args.prompts_per_step, args.seed)[rank * prompts_per_rank:
+                                                                        (rank + 1) * prompts_per_rank]
         examples = [train[i] for i in idx for _ in range(G)]
         gidx = [(rank * prompts_per_rank + j // G) * G + j % G for j in range(local_n)]  # global completion index
         prompt_ids, prompt_mask = left_pad([encode(ex) for ex in examples], eos_id, device)
-        raw = unwrap(policy)
-        raw.eval()
-        completions = []
-        for r in range(0, local_n, args.gen_batch_size):
-            gens = [example_generator(args.seed, 1, step, g) for g in gidx[r:r + args.gen_batch_size]]
-            with autocast:
-                out = generate(raw, prompt_ids[r:r + args.gen_batch_size], prompt_mask[r:r + args.gen_batch_size],
-                               steps=args.diffusion_steps, gen_length=args.gen_length,
-                               block_length=args.block_length, temperature=args.temperature, generator=gens,
-                               threshold=args.threshold, cache=args.cache)
-            completions.append(out[:, prompt_ids.shape[1]:])
-        completion_ids = torch.cat(completions)  # (local_n, gen_length)
+        completion_ids = rollout(raw, prompt_ids, prompt_mask, gidx, r, args, autocast)  # (local_n, gen_length)
         t_gen = time.time() - t0
 
         # ---- 2. rewards and advantages (each rank scores its own groups)
         texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        total = torch.zeros(local_n)
-        comp_sums: dict[str, float] = {}  # "task/component" -> sum over this rank's completions
-        for task in tasks:
-            rows = [i for i, ex in enumerate(examples) if ex["task"] == task]
-            comp_sums[f"{task}/count"] = float(len(rows))
-            if not rows:
-                continue
-            scores = rewards.score(task, [texts[i] for i in rows], [examples[i]["target"] for i in rows])
-            total[rows] = torch.tensor(scores["total"], dtype=torch.float32)
-            for name, vals in scores.items():
-                comp_sums[f"{task}/{name}"] = sum(vals)
-        true_total = total.clone()
+        task_rewards, comp_sums = score(tasks, examples, texts)
+        trained_on = task_rewards
         if args.random_reward:  # control: the same run, trained on noise
-            total = torch.stack([torch.rand((), generator=example_generator(args.seed, 3, step, g)) for g in gidx])
-        advantages = group_advantages(total, G, args.scale_rewards).to(device)
+            trained_on = torch.stack([torch.rand((), generator=example_generator(args.seed, 3, r, g)) for g in gidx])
         cmask = completion_mask(completion_ids, eos_id)
         n_tokens = cmask.sum()
         if ddp:
             dist.all_reduce(n_tokens)
-        normalizer = n_tokens.item()
+        mask_seeds = torch.randint(0, 2**62, (mu,), generator=example_generator(args.seed, 2, r)).tolist()
+        rnd = Round(r, prompt_ids, prompt_mask, completion_ids, gidx, task_rewards,
+                    group_advantages(trained_on, G, args.scale_rewards).to(device), cmask, n_tokens.item(), mask_seeds)
 
-        # ---- 3. mask seeds stored with the rollout; old and reference log-probs for all mu masks, no_grad
-        mask_seeds = torch.randint(0, 2**62, (mu,), generator=example_generator(args.seed, 2, step)).tolist()
-        gens_for = lambda k, rows: [example_generator(mask_seeds[k], gidx[i]) for i in rows]
-        est = lambda m, k, rows: completion_logprobs(m, prompt_ids[rows], prompt_mask[rows], completion_ids[rows],
-                                                     gens_for(k, rows), args.p_mask_prompt, mask_id)
+        # ---- 3. old-policy and reference log-probs for the round's mu masks, no grad
         t0 = time.time()
-        old_logp = ref_logp = None
-        with torch.no_grad(), autocast:
-            mbs = [list(range(r, r + args.micro_batch_size)) for r in range(0, local_n, args.micro_batch_size)]
-            if mu > 1:  # with mu = 1 the old policy IS the current one: use logp.detach() below
-                old_logp = torch.stack([torch.cat([est(raw, k, rows) for rows in mbs]) for k in range(mu)])
-            if args.beta > 0:
-                with (lora_disabled(raw) if ref_model is None else contextlib.nullcontext()):
-                    ref = raw if ref_model is None else ref_model
-                    ref_logp = torch.stack([torch.cat([est(ref, k, rows) for rows in mbs]) for k in range(mu)])
+        old, ref = old_and_ref_logprobs(raw, ref_model, rnd, mu, args, autocast, mask_id)
         t_logp = time.time() - t0
 
-        # ---- 4. mu optimizer steps over the same rollout
-        t0 = time.time()
-        policy.train()
-        sums = {"loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl": 0.0}
-        for k in range(mu):
-            for j, rows in enumerate(mbs):
-                last = j == len(mbs) - 1
-                if args.fsdp:  # FSDP's no_sync: keep unsharded gradients until the last micro-step, then reduce-scatter
-                    policy.set_requires_gradient_sync(last)
-                sync = contextlib.nullcontext() if (last or not ddp or args.fsdp) else policy.no_sync()
-                with sync:
-                    with autocast:
-                        logp = est(policy, k, rows)
-                    old = logp.detach() if old_logp is None else old_logp[k, rows]
-                    ref = None if ref_logp is None else ref_logp[k, rows]
-                    loss, st = grpo_loss(logp, old, ref, advantages[rows], cmask[rows], args.eps, args.beta,
-                                         normalizer)
-                    (loss * world).backward()  # DDP averages gradients over ranks; we want the global sum
-                sums["loss"] += loss.item()
-                for key, v in st.items():
-                    sums[key] += v
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        t_train = time.time() - t0
-        step += 1
-
-        # ---- logging (sums reduced over ranks, then divided by global counts)
-        groups = true_total.view(-1, G)
-        comp_keys = sorted(comp_sums) if not ddp else sorted(set().union(*gather_keys(comp_sums, world)))
-        red = torch.tensor([true_total.sum(), (true_total ** 2).sum(), float(local_n),
-                            float((groups.std(1) == 0).sum()) if G > 1 else float(len(groups)), float(len(groups)),
-                            sums["clip_frac"], sums["ratio"], sums["kl"], sums["loss"], float(cmask.sum())]
-                           + [comp_sums.get(k, 0.0) for k in comp_keys], dtype=torch.float64, device=device)
-        if ddp:
-            dist.all_reduce(red)
-        red = red.tolist()
-        n, mean = red[2], red[0] / red[2]
-        tok = normalizer * mu
-        log.update({"reward": mean, "reward_std": math.sqrt(max(red[1] / n - mean ** 2, 0.0)),
-                    "zero_std_groups": red[3] / red[4], "clip_frac": red[5] / tok, "ratio": red[6] / tok,
-                    "kl": red[7] / tok, "loss": red[8] / mu, "completion_len": red[9] / n,
-                    "grad_norm": float(grad_norm), "t_gen": t_gen, "t_logp": t_logp, "t_train": t_train,
-                    "gen_tok_s": n * args.gen_length / max(t_gen, 1e-9)})
-        comp = dict(zip(comp_keys, red[10:]))
-        log.update({f"reward/{k}": v / max(1.0, comp[k.split("/")[0] + "/count"])
-                    for k, v in comp.items() if not k.endswith("/count")})
-        if args.eval_every and (step % args.eval_every == 0 or step == max_steps):
-            log.update(validate(raw, tokenizer, val, args, rank, world, autocast))
-        if master:
-            metrics_file.write(json.dumps(log) + "\n")
-            metrics_file.flush()
-            if step % args.log_every == 0:
-                bar.write(f"step {step:5d} | reward {log['reward']:.3f} ± {log['reward_std']:.3f} | zero-std "
-                          f"{log['zero_std_groups']:.2f} | kl {log['kl']:.4f} | clip {log['clip_frac']:.3f} | "
-                          f"len {log['completion_len']:.0f} | gen {t_gen:.1f}s logp {t_logp:.1f}s train {t_train:.1f}s"
-                          + (f" | val {log['val_accuracy']:.3f}" if "val_accuracy" in log else ""))
+        # ---- 4. up to mu optimizer steps over the round
+        lines = []
+        for k in range(min(mu, args.max_steps - step)):
+            t0 = time.time()
+            lr = lr_at(step, args.lr, args.warmup_steps)
+            st = update(policy, optimizer, params, rnd, k, old, ref, args, autocast, mask_id, lr, ddp, world)
+            step += 1
+            lines.append({"step": step, "round": r + 1, "inner": k, "lr": lr, **st, "t_step": time.time() - t0})
             bar.update(1)
-        if step % args.save_every == 0 or step == max_steps:
+        rounds_done += 1
+
+        # ---- logging: sums over ranks, divided by global counts
+        groups = task_rewards.view(-1, G)
+        sums = {"reward": float(task_rewards.sum()), "reward_sq": float((task_rewards ** 2).sum()),
+                "n": float(local_n), "tokens": float(cmask.sum()), **comp_sums,
+                "zero_std_groups": float((groups.std(1) == 0).sum()) if G > 1 else float(len(groups))}
+        for i, line in enumerate(lines):  # per-step token sums of the loss statistics
+            sums.update({f"{i}/{key}": line[key] for key in ("loss", "clip_frac", "ratio", "kl")})
+        totals = all_reduce_sums(sums, device, ddp, world)
+        tokens_per_step = rnd.normalizer
+        for i, line in enumerate(lines):
+            line.update(loss=totals[f"{i}/loss"], clip_frac=totals[f"{i}/clip_frac"] / tokens_per_step,
+                        ratio=totals[f"{i}/ratio"] / tokens_per_step, kl=totals[f"{i}/kl"] / tokens_per_step)
+        lines[0].update(round_log({k: v for k, v in totals.items() if not k[0].isdigit()}, G, args.gen_length,
+                                  t_gen, t_logp))
+        done = step == args.max_steps
+        crossed = lambda every: every > 0 and step // every > first_step // every  # noqa: E731
+        if args.eval_every and (crossed(args.eval_every) or done):
+            lines[-1].update(validate(raw, tokenizer, val, args, rank, world, autocast))
+        if master:
+            for line in lines:
+                metrics_file.write(json.dumps(line) + "\n")
+            metrics_file.flush()
+            log = lines[0]
+            bar.write(f"step {step:5d} round {r + 1:4d} | reward {log['reward']:.3f} ± {log['reward_std']:.3f} | "
+                      f"zero-std {log['zero_std_groups']:.2f} | kl {lines[-1]['kl']:.4f} | clip "
+                      f"{max(x['clip_frac'] for x in lines):.3f} | len {log['completion_len']:.0f} | gen {t_gen:.1f}s "
+                      f"logp {t_logp:.1f}s train {sum(x['t_step'] for x in lines):.1f}s"
+                      + (f" | val {lines[-1]['val_accuracy']:.3f}" if "val_accuracy" in lines[-1] else ""))
+        if crossed(args.save_every) or done:
+            state = {"args": vars(args), **lines[-1], "round": rounds_done}  # round: rounds finished
             if args.fsdp:  # every rank writes its shards
-                save_sharded_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, {"args": vars(args), **log},
-                                        tokenizer)
+                save_sharded_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, state, tokenizer)
             elif master:
-                save_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, {"args": vars(args), **log},
-                                tokenizer, base_model=base_name)
+                save_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, state, tokenizer, base_model=base_name)
             if master:
                 for old_ckpt in checkpoints(out_dir)[:-args.keep_last] if args.keep_last else []:
                     shutil.rmtree(old_ckpt)

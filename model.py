@@ -192,6 +192,23 @@ class Block(nn.Module):
         return x + self.ff_out(F.silu(self.ff_proj(f)) * self.up_proj(f))
 
 
+class OutputHead(nn.Linear):
+    """The untied output head (checkpoint key `ff_out`), a Linear whose forward can run in fp32.
+
+    fp32=True computes the logits in fp32 with autocast off, whatever the dtype of the weights and of `h`. Under
+    bf16 autocast a plain Linear returns bf16 logits: at a magnitude of ~20 they are rounded by ~0.06, more than
+    one RL update moves a log-probability, so the estimator's importance ratios would be rounding noise. The
+    inputs of a bf16 run are bf16 values, so the fp32 product is exact for them (and TF32, 10 mantissa bits,
+    holds them exactly too; diffu_grpo.py enables it on CUDA for bf16 runs). A method of the module, not of the
+    model, so FSDP's hooks (which gather the sharded weight when the module is called) still run."""
+
+    def forward(self, h: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        if not fp32:
+            return super().forward(h)
+        with torch.autocast(h.device.type, enabled=False):
+            return F.linear(h.float(), self.weight.float())
+
+
 class KVCache:
     """Per-layer keys and values of a whole sequence, for the sampler's approximate caches (Fast-dLLM).
 
@@ -241,7 +258,7 @@ class LLaDA(nn.Module):
             wte=nn.Embedding(cfg.embedding_size, cfg.d_model),
             blocks=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers)),
             ln_f=RMSNorm(cfg.d_model, cfg.rms_norm_eps),
-            ff_out=nn.Linear(cfg.d_model, cfg.embedding_size, bias=False),  # output head (untied)
+            ff_out=OutputHead(cfg.d_model, cfg.embedding_size, bias=False),  # output head (untied)
         ))
 
     def init_weights(self, seed: int = 0, std: float = 0.02):
@@ -292,9 +309,10 @@ class LLaDA(nn.Module):
                 x = block(x, cos, sin, attn_mask, kv_cache, i)
         return self.transformer.ln_f(x)
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> logits (..., V). The 126k-wide output head: call it only where logits are needed."""
-        return self.transformer.ff_out(h)[..., : self.config.vocab_size]
+    def head(self, h: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        """(..., D) -> logits (..., V). The 126k-wide output head: call it only where logits are needed.
+        fp32=True: fp32 logits even under bf16 autocast (OutputHead; the RL estimator's log-probs)."""
+        return self.transformer.ff_out(h, fp32=fp32)[..., : self.config.vocab_size]
 
     def forward(self, input_ids, attention_mask=None, positions: slice | torch.Tensor | None = None,
                 return_hidden: bool = False, kv_cache: KVCache | None = None):

@@ -1,5 +1,9 @@
 """Stage 1 of d1: masked SFT of LLaDA (LoRA by default, or full fine-tuning), one flat script.
 
+A step is one optimizer step (one AdamW update over the global batch), as in d1 and every HF trainer, and in
+diffu_grpo.py: --max-steps, --save-every, --eval-every, checkpoint names and metrics.jsonl count them.
+`--dry-run` prints the run plan (global batch, examples, optimizer steps, what differs from d1) and exits.
+
 Each example is the chat-templated prompt followed by the answer, `<|eot_id|>` and EOS padding. Per sequence
 a rate t ~ U(0, 1) is mapped to p = eps + (1 - eps) t; every ANSWER token (EOS padding included) becomes [MASK]
 with probability p, prompt tokens never; the loss is the cross-entropy on the masked answer tokens weighted by
@@ -30,6 +34,8 @@ computed) and refuses to start when it exceeds the GPU's memory.
 CPU (tiny model from scratch, a prompt/answer JSONL such as {"prompt": "sort 312", "answer": "123"}):
     python sft.py --init-from-scratch tiny --data pairs.jsonl --lora-r 0 --lr 1e-3 --epochs 5 \\
         --batch-size 8 --grad-accum 1 --device cpu --out-dir out/sft-tiny
+The plan only (no model loaded):
+    python sft.py --data s1k --dry-run 8 --grad-accum 1
 1 GPU (d1's run: s1K, LoRA r=128, effective batch 8):
     python sft.py --data s1k --grad-checkpointing --merge --out-dir out/sft-s1k
 8 GPUs:
@@ -192,7 +198,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 # Training
 
 
-def main(argv: list[str] | None = None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Masked SFT of LLaDA (d1 stage 1).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="checkpoint folder or hub id to fine-tune")
@@ -216,7 +222,7 @@ def main(argv: list[str] | None = None):
                    help=f"comma-separated block Linear layers to adapt, from {','.join(LORA_TARGETS)}")
     p.add_argument("--epochs", type=int, default=20, help="passes over the training split")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this optimizer step (the lr schedule still spans all epochs; for interrupted runs)")
+                   help="stop after this many OPTIMIZER steps (the lr schedule still spans all epochs)")
     p.add_argument("--batch-size", type=int, default=1, help="micro-batch per device")
     p.add_argument("--grad-accum", type=int, default=8, help="micro-batches per optimizer step on each device")
     p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (AdamW)")
@@ -244,13 +250,63 @@ def main(argv: list[str] | None = None):
     p.add_argument("--out-dir", default="out/sft", help="checkpoints, metrics.jsonl, merged model")
     p.add_argument("--seed", type=int, default=0, help="data order, noise, dropout, LoRA/scratch init")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (single process)")
+    p.add_argument("--dry-run", type=int, nargs="?", const=0, default=None, metavar="WORLD",
+                   help="print the run plan for WORLD processes (default: this launch's) and exit, loading no model")
     args = p.parse_args(argv)
+    if args.fsdp and (args.lora_r > 0 or ("RANK" not in os.environ and args.dry_run is None)):
+        p.error("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
+    if args.data_path and args.data != "s1k":
+        p.error("--data-path is a local copy of s1K: use it with --data s1k (a JSONL goes to --data itself)")
+    return args
+
+
+# -----------------------------------------------------------------------------
+# The run plan: what a launch will do, printed before the model loads (--dry-run: only that)
+
+S1K_EXAMPLES = 1000  # simplescaling/s1K: 1,000 question / trajectory / attempt rows
+D1_GLOBAL_BATCH = 8  # d1's effective batch (launch script): 2,460 optimizer steps over 20 epochs of s1K
+RECIPE = ("data", "max_length", "eps", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs", "lr",
+          "lr_schedule", "warmup_steps")  # the flags of d1's SFT recipe (the parser defaults are d1's values)
+
+
+def run_plan(args, world: int, n_examples: int | None) -> str:
+    """Optimizer steps, epochs and batch layout of an SFT launch, and where it departs from d1's recipe."""
+    global_batch = args.batch_size * args.grad_accum * world
+    lines = [f"SFT run plan: {world} process{'es' if world > 1 else ''}, global batch {global_batch} = micro-batch "
+             f"{args.batch_size} x grad accum {args.grad_accum} x {world}; a step is one optimizer step"]
+    if n_examples is None:
+        lines.append("  examples          counted when the data loads (steps follow from them)")
+    else:
+        n_val = max(1, round(n_examples * args.val_frac)) if args.val_frac > 0 else 0
+        per_epoch = (n_examples - n_val) // global_batch
+        total = per_epoch * args.epochs
+        stop = min(total, args.max_steps) if args.max_steps is not None else total
+        lines += [f"  examples          {n_examples:,}: {n_examples - n_val:,} train, {n_val} held out for the eval loss "
+                  "(before examples whose prompt exceeds --max-length are dropped)",
+                  f"  optimizer steps   {total:,} = {per_epoch:,} per epoch x {args.epochs} epochs"
+                  + (f"; this launch stops at {stop:,}" if stop < total else "")]
+    lines.append(f"  learning rate     {args.lr:g} peak, {args.lr_schedule} schedule, {args.warmup_steps} warmup steps")
+    d1 = parse_args([])
+    diffs = [f"--{k.replace('_', '-')} {getattr(args, k)} (d1: {getattr(d1, k)})" for k in RECIPE
+             if getattr(args, k) != getattr(d1, k)]
+    if global_batch != D1_GLOBAL_BATCH:
+        diffs.append(f"global batch {global_batch} (d1: {D1_GLOBAL_BATCH})")
+    lines.append(f"  vs d1's recipe    {'; '.join(diffs) if diffs else 'the same'}; always: prompt header not a target, "
+                 "EOS padding to the batch's longest, per-sequence loss (module docstring)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None):
+    args = parse_args(argv)
     if args.export:
         out = export_sharded_checkpoint(args.export, args.export.rstrip("/") + "-hf", getattr(torch, args.dtype))
         print(f"wrote {out}")
         return
-    if args.fsdp and (args.lora_r > 0 or "RANK" not in os.environ):
-        p.error("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
+    if args.dry_run is not None:
+        n = S1K_EXAMPLES if args.data == "s1k" and args.data_path is None else len(
+            load_s1k(args.data_path) if args.data == "s1k" else load_sft_file(args.data))  # a local file: cheap
+        print(run_plan(args, args.dry_run or int(os.environ.get("WORLD_SIZE", 1)), n))
+        return
 
     # DDP preamble: torchrun sets RANK; plain `python` runs one process.
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -267,10 +323,8 @@ def main(argv: list[str] | None = None):
     log = print if master else (lambda *a, **k: None)
 
     global_batch = args.batch_size * args.grad_accum * world
-    log(f"global batch {global_batch} = batch size {args.batch_size} x grad accum {args.grad_accum} x world {world}")
     assert args.batch_size > 0 and args.grad_accum > 0 and args.epochs > 0 and 0 <= args.val_frac < 1
-    if args.data_path and args.data != "s1k":
-        p.error("--data-path is a local copy of s1K: use it with --data s1k (a JSONL goes to --data itself)")
+    log(run_plan(args, world, S1K_EXAMPLES if args.data == "s1k" and args.data_path is None else None))
 
     # Data: load, tokenize, split. Every rank holds all of it (small) and takes its slice of each global batch.
     examples = load_s1k(args.data_path) if args.data == "s1k" else load_sft_file(args.data)
@@ -381,7 +435,7 @@ def main(argv: list[str] | None = None):
     model.train()
     if start_step == 0:
         run_eval(0)
-    pbar = tqdm(total=stop_step, initial=start_step, disable=not master, desc="sft", dynamic_ncols=True)
+    pbar = tqdm(total=stop_step, initial=start_step, disable=not master, desc="SFT optimizer steps", dynamic_ncols=True)
     order, order_epoch = None, None
     for step in range(start_step, stop_step):
         t0 = time.time()

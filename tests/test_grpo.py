@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffu_grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, step_prompts
+from diffu_grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, round_prompts
 from model import apply_lora, example_generator, lora_disabled
 from tests.helpers import torchrun
 
@@ -120,13 +120,13 @@ def test_tied_group_gives_no_gradient_and_kl_zero_at_reference(tiny_model, token
 
 
 def test_step_prompts_cover_epochs():
-    seen = [i for s in range(5) for i in step_prompts([10], s, 4, seed=0)]
+    seen = [i for s in range(5) for i in round_prompts([10], s, 4, seed=0)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
 
 
 def test_mixed_tasks_get_equal_shares():
     # task 0 has 3 prompts (indices 0-2), task 1 has 100 (indices 3-102): every step takes 2 of each
-    steps = [step_prompts([3, 100], s, 4, seed=0) for s in range(6)]
+    steps = [round_prompts([3, 100], s, 4, seed=0) for s in range(6)]
     assert all(sum(i < 3 for i in st) == 2 for st in steps)
     small = [i for st in steps for i in st if i < 3]
     assert sorted(small[:3]) == [0, 1, 2] and sorted(small[3:6]) == [0, 1, 2]  # whole epochs of the small task
@@ -146,7 +146,7 @@ def grpo_args(csv_path, out, *extra):
     return ["--init", "tiny", "--task", "sudoku", "--train-path", str(csv_path), "--style", "compact",
             "--gen-length", "16", "--block-length", "8", "--diffusion-steps", "8", "--prompts-per-step", "2",
             "--num-generations", "4", "--micro-batch-size", "2", "--lora-r", "4", "--lora-alpha", "8",
-            "--lora-dropout", "0", "--eval-every", "0", "--out-dir", str(out), "--random-reward", "--lr", "1e-2",
+            "--eval-every", "0", "--out-dir", str(out), "--random-reward", "--lr", "1e-2",
             *extra]
 
 
@@ -164,27 +164,126 @@ def test_script_runs_and_learns_something(sudoku_csv, tmp_path, mu, beta):
     from diffu_grpo import main
     main(grpo_args(sudoku_csv, tmp_path, "--max-steps", "2", "--mu", str(mu), "--beta", str(beta)))
     rows = metrics(tmp_path)
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2] and [r["round"] for r in rows] == ([1, 2] if mu == 1 else [1, 1])
     assert rows[0]["grad_norm"] > 0  # the random reward has spread: a real gradient
-    assert abs(rows[0]["ratio"] - 1) < 1e-4 if mu == 1 else True
+    assert rows[0]["lr"] == 0 and rows[1]["lr"] == 1e-2  # d1's warmup: 1 step, HF's formula (lr 0 at the first)
+    assert rows[0]["ratio"] == 1.0 and rows[0]["clip_frac"] == 0.0  # inner step 0: old log-probs = the policy's
     a = adapter(tmp_path / "step-000002")
     assert max(v.abs().max() for k, v in a.items() if "lora_B" in k) > 0  # adapters moved
 
 
+def test_steps_count_optimizer_steps(sudoku_csv, tmp_path, monkeypatch):
+    """--max-steps 6 --mu 3: exactly 6 AdamW steps from 2 rollout rounds (issue: d1's step unit)."""
+    import diffu_grpo
+    calls = {"rollout": 0, "adamw": 0}
+    rollout, adamw_step = diffu_grpo.rollout, torch.optim.AdamW.step
+
+    def counting_rollout(*a, **k):
+        calls["rollout"] += 1
+        return rollout(*a, **k)
+
+    def counting_step(self, *a, **k):
+        calls["adamw"] += 1
+        return adamw_step(self, *a, **k)
+    monkeypatch.setattr(diffu_grpo, "rollout", counting_rollout)
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    diffu_grpo.main(grpo_args(sudoku_csv, tmp_path, "--max-steps", "6", "--mu", "3", "--save-every", "4"))
+    assert calls == {"rollout": 2, "adamw": 6}
+    rows = metrics(tmp_path)
+    assert [(r["step"], r["round"], r["inner"]) for r in rows] == [(s + 1, s // 3 + 1, s % 3) for s in range(6)]
+    assert ["reward" in r for r in rows] == [True, False, False] * 2  # round statistics: on a round's first step
+    # --save-every 4 is not a multiple of mu: the first round reaching step 4 ends at step 6 (also the end)
+    assert [p.name for p in sorted(tmp_path.glob("step-*"))] == ["step-000006"]
+
+
+def test_dry_run_prints_d1s_plan_without_loading(capsys, monkeypatch):
+    import diffu_grpo
+    monkeypatch.setattr(diffu_grpo, "build_model", lambda *a, **k: pytest.fail("--dry-run loaded the model"))
+    monkeypatch.setattr(diffu_grpo.data, "load_tasks", lambda *a, **k: pytest.fail("--dry-run loaded data"))
+    diffu_grpo.main(["--task", "gsm8k", "--dry-run", "8"])
+    out = capsys.readouterr().out
+    assert "8 processes" in out and "optimizer steps   7,700, mu=12" in out
+    assert "rollout rounds    642 (the last runs 8 of its 12 steps)" in out
+    assert "prompts           10,272 = 1.42 epochs of 7,217 training prompts" in out
+    assert "= 96 completions (12 per process)" in out  # 16 prompts x 6 over 8 ranks
+    assert "vs d1's recipe    the same" in out
+    diffu_grpo.main(["--task", "sudoku", "--dry-run", "1", "--mu", "4", "--lr", "1e-5"])
+    out = capsys.readouterr().out
+    assert "rollout rounds    950" in out and "--mu 4 (d1: 8)" in out and "--lr 1e-05 (d1: 3e-06)" in out
+
+
 def test_resume_continues_identically(sudoku_csv, tmp_path):
-    from diffu_grpo import main
-    main(grpo_args(sudoku_csv, tmp_path / "full", "--max-steps", "3", "--mu", "2", "--save-every", "1"))
-    main(grpo_args(sudoku_csv, tmp_path / "cut", "--max-steps", "2", "--mu", "2", "--save-every", "1"))
+    """Checkpoints at round ends reached by a --save-every that is not a multiple of mu; resume is exact."""
     import shutil
-    shutil.rmtree(tmp_path / "cut" / "step-000002")  # a crash after logging step 2, before its checkpoint
-    main(grpo_args(sudoku_csv, tmp_path / "cut", "--max-steps", "3", "--mu", "2", "--save-every", "1",
-                   "--resume", "auto"))
+    from diffu_grpo import main
+    common = ("--mu", "3", "--save-every", "2", "--warmup-steps", "2")
+    main(grpo_args(sudoku_csv, tmp_path / "full", "--max-steps", "9", *common))
+    assert [p.name for p in sorted((tmp_path / "full").glob("step-*"))] == ["step-000003", "step-000006",
+                                                                           "step-000009"]
+    main(grpo_args(sudoku_csv, tmp_path / "cut", "--max-steps", "6", *common))
+    shutil.rmtree(tmp_path / "cut" / "step-000006")  # a crash after logging steps 4-6, before their checkpoint
+    main(grpo_args(sudoku_csv, tmp_path / "cut", "--max-steps", "9", *common, "--resume", "auto"))
     full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
-    assert [r["step"] for r in cut] == [1, 2, 3]
+    assert [r["step"] for r in cut] == list(range(1, 10))
     for a, b in zip(full, cut):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["reward"] == b["reward"]
-    for k, v in adapter(tmp_path / "full" / "step-000003").items():
-        torch.testing.assert_close(adapter(tmp_path / "cut" / "step-000003")[k], v)
+        assert a.keys() == b.keys() and a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["lr"] == b["lr"]
+        assert a.get("reward") == b.get("reward")
+    for k, v in adapter(tmp_path / "full" / "step-000009").items():
+        torch.testing.assert_close(adapter(tmp_path / "cut" / "step-000009")[k], v)
+
+
+def test_resume_from_a_checkpoint_inside_a_round_warns(sudoku_csv, tmp_path, capsys):
+    from diffu_grpo import main
+    main(grpo_args(sudoku_csv, tmp_path, "--max-steps", "4", "--mu", "3"))  # rounds: steps 1-3, then step 4 only
+    main(grpo_args(sudoku_csv, tmp_path, "--max-steps", "6", "--mu", "3", "--resume", "auto"))
+    assert "ended inside its last round" in capsys.readouterr().err
+    rows = metrics(tmp_path)
+    assert [(r["step"], r["round"]) for r in rows] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 3), (6, 3)]
+
+
+def test_estimator_passes_agree_and_rl_has_no_dropout(sudoku_csv, tiny_dir, tmp_path):
+    """With the learning rate at 0 the policy never moves: the ratio must be 1 at EVERY inner step, though the
+    old-policy pass runs without grad in another mode; and it is exactly 1 at inner step 0. The SFT adapter the
+    run starts from was trained with LoRA dropout 0.05: none of it may reach the RL passes."""
+    import diffu_grpo
+    from model import LLaDA, LoRALinear, save_adapter
+    sft = apply_lora(LLaDA.from_pretrained(tiny_dir), r=2, alpha=4, dropout=0.05)
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    save_adapter(sft, tmp_path / "sft-adapter", base_model=str(tiny_dir))
+    args = grpo_args(sudoku_csv, tmp_path / "rl", "--max-steps", "3", "--mu", "3", "--lr", "0", "--beta", "0.04")
+    args[args.index("tiny")] = str(tmp_path / "sft-adapter")
+    main_args = diffu_grpo.parse_args(args)
+    diffu_grpo.resolve_defaults(main_args)
+    model, *_ = diffu_grpo.build_model(main_args, "cpu", torch.float32, master=True)
+    lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert lora and all(m.dropout.p == 0 for m in lora)
+    diffu_grpo.main(args)
+    rows = metrics(tmp_path / "rl")
+    assert rows[0]["ratio"] == 1.0
+    for r in rows:
+        assert r["ratio"] == pytest.approx(1.0, abs=1e-6) and r["clip_frac"] == 0 and r["kl"] < 1e-10
+
+
+def test_fp32_head_matches_float64_under_bf16_autocast(tiny_model):
+    """The estimator's head: fp32 logits even under bf16 autocast, as a float64 computation of the same bf16
+    inputs gives them; the plain head returns bf16 logits, hundreds of times further off."""
+    from diffu_grpo import _token_logprobs
+    model = tiny_model.to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(3, 5, model.config.d_model, generator=g) * 4).to(torch.bfloat16)
+    tokens = torch.randint(0, model.config.vocab_size, (3, 5), generator=g)
+    w = model.transformer.ff_out.weight.double()[: model.config.vocab_size]
+    want = torch.log_softmax(h.double() @ w.T, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _token_logprobs(model.head, h, tokens)
+        plain = model.head(h)
+    assert got.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    err = (got.double() - want).abs().max().item()
+    plain_err = (torch.log_softmax(plain.double(), -1).gather(-1, tokens[..., None]).squeeze(-1) - want).abs().max()
+    assert err < 1e-5 and plain_err > 100 * err
 
 
 def test_two_processes_match_one(sudoku_csv, tmp_path):
@@ -193,9 +292,11 @@ def test_two_processes_match_one(sudoku_csv, tmp_path):
     main(grpo_args(sudoku_csv, tmp_path / "one", *common))
     torchrun(ROOT / "diffu_grpo.py", *grpo_args(sudoku_csv, tmp_path / "two", *common), cwd=tmp_path, timeout=300)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert len(one) == len(two) == 2
     for a, b in zip(one, two):
-        for key in ("reward", "loss", "kl", "completion_len"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+        for key in ("reward", "loss", "kl", "completion_len", "ratio"):
+            if key in a or key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     for k, v in adapter(tmp_path / "one" / "step-000002").items():
         torch.testing.assert_close(adapter(tmp_path / "two" / "step-000002")[k], v, rtol=1e-4, atol=1e-6)
 

@@ -188,3 +188,15 @@ def test_two_process_gloo_matches_one_process(sort_jsonl, tmp_path):
     w1, w2 = (load_file(tmp_path / r / "step-000004" / "adapter_model.safetensors") for r in ("one", "two"))
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=1e-4)
+
+
+def test_dry_run_prints_d1s_plan(capsys, sort_jsonl):
+    from sft import main
+    main(["--dry-run"])  # s1K's 1,000 rows are known: no download, no model
+    out = capsys.readouterr().out
+    assert "optimizer steps   2,460 = 123 per epoch x 20 epochs" in out and "vs d1's recipe    the same" in out
+    main(["--dry-run", "8", "--grad-accum", "1"])  # README's 8-GPU line: the same global batch of 8
+    assert "global batch 8 = micro-batch 1 x grad accum 1 x 8" in capsys.readouterr().out
+    main(["--data", str(sort_jsonl), "--dry-run", "2", "--batch-size", "4", "--grad-accum", "1", "--epochs", "3"])
+    out = capsys.readouterr().out  # 96 rows: 95 train / 1 val, global batch 8 -> 11 steps per epoch
+    assert "optimizer steps   33 = 11 per epoch x 3 epochs" in out and "--data " in out and "--epochs 3 (d1: 20)" in out
