@@ -1,4 +1,4 @@
-"""Benchmarks: the sampler (reference vs exact vs fast modes), one diffu-GRPO outer step, SFT throughput.
+"""Benchmarks: the sampler (reference vs exact vs fast modes), one diffu-GRPO rollout round, SFT throughput.
 One command per measurement; each prints a markdown table.
 
   python bench.py sampler   --preset tiny      (CPU, seconds: random tiny model, character tokenizer)
@@ -42,8 +42,8 @@ from pathlib import Path
 
 import torch
 
-from diffu_grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss
-from model import (LLaDA, apply_lora, example_generator, load_adapter, load_tokenizer, lora_disabled,
+from diffu_grpo import completion_mask, group_advantages
+from model import (LLaDA, apply_lora, example_generator, load_adapter, load_tokenizer,
                    make_char_tokenizer, preset_config)
 from sample import generate, left_pad
 from tests.reference_sampler import reference_generate  # the literal one-prompt oracle of the tests
@@ -303,90 +303,60 @@ def bench_sampler(args):
 
 
 # -----------------------------------------------------------------------------
-# One diffu-GRPO outer step
+# One diffu-GRPO rollout round
 
 
 def bench_grpo_step(args):
+    """One rollout round of diffu_grpo.main with its own functions (rollout, old_and_ref_logprobs, update) and
+    flags; only the rewards are random (the bench has no task) and there is one process."""
+    import diffu_grpo as rl
     model, _, desc = build(args)
     cfg, device = model.config, args.device
-    apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, ["q_proj", "k_proj", "v_proj", "up_proj"],
-               seed=args.seed)
+    targets = ["q_proj", "k_proj", "v_proj", "up_proj"]
+    apply_lora(model, args.lora_r, args.lora_alpha, 0.0, targets, seed=args.seed)  # RL has no dropout
     model.gradient_checkpointing = args.grad_checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=3e-6, betas=(0.9, 0.99), weight_decay=0.1)
     autocast = torch.autocast("cuda", dtype=getattr(torch, args.dtype)) if torch.device(device).type == "cuda" \
         else contextlib.nullcontext()
+    flags = dict(gen_length=args.gen_length, block_length=args.block_length, diffusion_steps=args.steps,
+                 temperature=args.temperature, gen_batch_size=args.gen_batch_size, cache=args.cache,
+                 micro_batch_size=args.micro_batch_size, logp_batch_size=args.logp_batch_size,
+                 p_mask_prompt=args.p_mask_prompt, eps=args.eps, beta=args.beta, mu=args.mu, seed=args.seed)
+    rl_args = rl.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in flags.items() if v is not None])
+    rl_args.threshold = args.threshold
     Gn, n = args.num_generations, args.prompts_per_step * args.num_generations
     prompts = [p for p in random_prompts(cfg, args.prompts_per_step, args.prompt_length, args.seed) for _ in range(Gn)]
     prompt_ids, prompt_mask = left_pad(prompts, cfg.pad_token_id, device)
-    P, mask_id = prompt_ids.shape[1], cfg.mask_token_id
-    mbs = [list(range(r, min(n, r + args.micro_batch_size))) for r in range(0, n, args.micro_batch_size)]
+    P, mask_id, gidx = prompt_ids.shape[1], cfg.mask_token_id, list(range(n))
     counter = CallCounter(model)
 
-    def step(s: int, steps: int, mu: int) -> dict:
-        """One outer step as diffu_grpo.main runs it (random rewards: the bench has no task). Returns the
-        seconds and FLOPs of its three phases."""
+    def one_round(r: int, steps: int, mu: int) -> dict:
+        """Seconds, FLOPs and tokens of the round's three phases."""
+        a = argparse.Namespace(**{**vars(rl_args), "diffusion_steps": steps, "mu": mu})
         res = {}
-        # 1. rollouts
-        model.eval()
         counter.reset()
-        sync(device)
-        t0 = time.perf_counter()
-        completions = []
-        for r in range(0, n, args.gen_batch_size):
-            gens = [example_generator(args.seed, 1, s, g) for g in range(r, min(n, r + args.gen_batch_size))]
-            with autocast:
-                out = generate(model, prompt_ids[r:r + args.gen_batch_size], prompt_mask[r:r + args.gen_batch_size],
-                               steps=steps, gen_length=args.gen_length, block_length=args.block_length,
-                               temperature=args.temperature, generator=gens, threshold=args.threshold,
-                               cache=args.cache)
-            completions.append(out[:, P:])
-        completion_ids = torch.cat(completions)
-        sync(device)
-        res["generation"] = (time.perf_counter() - t0, counter.flops, n * args.gen_length)
-        rewards = torch.rand(n, generator=example_generator(args.seed, 3, s))
-        advantages = group_advantages(rewards, Gn).to(device)
+        completion_ids, dt = timed(lambda: rl.rollout(model, prompt_ids, prompt_mask, gidx, r, a, autocast), device)
+        res["generation"] = (dt, counter.flops, n * args.gen_length)
+        rewards = torch.rand(n, generator=example_generator(args.seed, 3, r))
         cmask = completion_mask(completion_ids, cfg.eos_token_id)
-        normalizer = cmask.sum().item()
-        seeds = torch.randint(0, 2**62, (mu,), generator=example_generator(args.seed, 2, s)).tolist()
-
-        def est(k, rows):
-            return completion_logprobs(model, prompt_ids[rows], prompt_mask[rows], completion_ids[rows],
-                                       [example_generator(seeds[k], i) for i in rows], args.p_mask_prompt, mask_id)
-
-        # 2. old-policy and reference log-probs for all mu masks, no grad
+        seeds = torch.randint(0, 2**62, (mu,), generator=example_generator(args.seed, 2, r)).tolist()
+        rnd = rl.Round(r, prompt_ids, prompt_mask, completion_ids, gidx, rewards,
+                       group_advantages(rewards, Gn).to(device), cmask, cmask.sum().item(), seeds)
         counter.reset()
-        t0 = time.perf_counter()
-        with torch.no_grad(), autocast:
-            old_logp = torch.stack([torch.cat([est(k, rows) for rows in mbs]) for k in range(mu)]) if mu > 1 else None
-            with lora_disabled(model):
-                ref_logp = torch.stack([torch.cat([est(k, rows) for rows in mbs]) for k in range(mu)])
-        sync(device)
-        passes = 2 if mu > 1 else 1
-        res["old/ref log-probs"] = (time.perf_counter() - t0, counter.flops, passes * mu * n * (P + args.gen_length))
-        # 3. mu optimizer steps
+        (old, ref), dt = timed(lambda: rl.old_and_ref_logprobs(model, None, rnd, mu, a, autocast, mask_id), device)
+        passes = (mu - 1) + (mu if args.beta > 0 else 0)
+        res["old/ref log-probs"] = (dt, counter.flops, passes * n * (P + args.gen_length))
         counter.reset()
-        t0 = time.perf_counter()
-        model.train()
-        for k in range(mu):
-            for rows in mbs:
-                with autocast:
-                    logp = est(k, rows)
-                old = logp.detach() if old_logp is None else old_logp[k, rows]
-                loss, _ = grpo_loss(logp, old, ref_logp[k, rows], advantages[rows], cmask[rows], args.eps, args.beta,
-                                    normalizer)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 0.2)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        res[f"{mu} updates"] = (time.perf_counter() - t0, 3 * counter.flops, mu * n * (P + args.gen_length))
+        _, dt = timed(lambda: [rl.update(model, optimizer, params, rnd, k, old, ref, a, autocast, mask_id, 3e-6,
+                                         False, 1) for k in range(mu)], device)
+        res[f"{mu} updates"] = (dt, 3 * counter.flops, mu * n * (P + args.gen_length))
         return res
 
     for _ in range(args.warmup):
-        step(-1, args.gen_length // args.block_length, 1)
+        one_round(-1, args.gen_length // args.block_length, 1)
     reset_peak(device)
-    runs = [step(i, args.steps, args.mu) for i in range(args.repeats)]
+    runs = [one_round(i, args.steps, args.mu) for i in range(args.repeats)]
     peak = peak_mib(device)
     phases = list(runs[0])
     med = {ph: statistics.median(r[ph][0] for r in runs) for ph in phases}
@@ -397,15 +367,16 @@ def bench_grpo_step(args):
         mfu = fl / med[ph] / args.peak_flops if args.peak_flops else None
         out_rows.append([ph, fmt(med[ph], ".3f"), fmt(100 * med[ph] / total, ".0f"), str(tokens),
                          fmt(tokens / med[ph], ".0f"), fmt(None if mfu is None else 100 * mfu, ".1f")])
-    out_rows.append(["outer step", fmt(total, ".3f"), "100", "-", "-", "-"])
+    out_rows.append(["rollout round", fmt(total, ".3f"), "100", "-", "-", "-"])
     print(header(args, "grpo-step", desc) + f"\n{args.prompts_per_step} prompts x {Gn} = {n} completions of "
           f"{args.gen_length} tokens (prompts {max(1, 3 * args.prompt_length // 4)}-{args.prompt_length} tokens); "
           f"sampler: {args.steps} steps, block {args.block_length}, temperature {args.temperature}, cache "
           f"{args.cache}, threshold {args.threshold}, {args.gen_batch_size} per call; LoRA r={args.lora_r} on "
-          f"q/k/v/up, mu={args.mu}, micro-batch {args.micro_batch_size}, beta {args.beta}; random rewards; "
-          f"peak memory {peak:.0f} MiB. tokens: generation = completion tokens; log-probs and updates = tokens "
-          f"forwarded (prompt + completion, per mask and policy)\n")
-    print(table(["phase", "seconds", "% of step", "tokens", "tokens/s", "MFU (%)"], out_rows))
+          f"q/k/v/up, mu={args.mu}, micro-batch {args.micro_batch_size}, log-prob batch "
+          f"{args.logp_batch_size or n}, beta {args.beta}; random rewards; peak memory {peak:.0f} MiB. tokens: "
+          f"generation = completion tokens; log-probs and updates = tokens forwarded (prompt + completion, per "
+          f"mask and pass)\n")
+    print(table(["phase", "seconds", "% of round", "tokens", "tokens/s", "MFU (%)"], out_rows))
 
 
 # -----------------------------------------------------------------------------
@@ -533,7 +504,8 @@ def parse_args(argv=None):
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (evaluation); d1 rollouts: 0.9")
     s.add_argument("--prompts", default=None, help="prompt file (text lines or JSONL, see above)")
     s.add_argument("--prefill", default="", help="text after the assistant header, e.g. '<reasoning>'")
-    g = sub.add_parser("grpo-step", parents=[common], help="one diffu-GRPO outer step: generation, log-probs, updates")
+    g = sub.add_parser("grpo-step", parents=[common],
+                       help="one diffu-GRPO rollout round (diffu_grpo's functions): generation, log-probs, mu updates")
     g.add_argument("--prompts-per-step", type=int, default=None)
     g.add_argument("--num-generations", type=int, default=None)
     g.add_argument("--gen-batch-size", type=int, default=None)
@@ -541,7 +513,7 @@ def parse_args(argv=None):
     g.add_argument("--mu", type=int, default=None)
     g.add_argument("--lora-r", type=int, default=None)
     g.add_argument("--lora-alpha", type=float, default=None)
-    g.add_argument("--lora-dropout", type=float, default=0.05)
+    g.add_argument("--logp-batch-size", type=int, default=None, help="diffu_grpo.py's flag (default: all rows)")
     g.add_argument("--temperature", type=float, default=0.9)
     g.add_argument("--cache", default="none", choices=["none", "prefix", "dual"], help="rollout sampler cache")
     g.add_argument("--p-mask-prompt", type=float, default=0.15)

@@ -129,15 +129,19 @@ def _token_logprobs(head, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor
 
 def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                         mask_gens: list[torch.Generator], p_mask_prompt: float, mask_id: int,
-                        chunk_rows: int = 2) -> torch.Tensor:
+                        chunk_rows: int | None = None) -> torch.Tensor:
     """d1's one-step mean-field log-probs of the completion tokens.
 
     prompt_ids, prompt_mask (B, P) left-padded; completion_ids (B, G); mask_gens one generator per row.
     Real prompt tokens -> [MASK] with probability p_mask_prompt, every completion token -> [MASK], one forward
     pass, and log p(completion_ids[i, j]) read at completion position j. Returns (B, G) fp32.
-    The output head runs in fp32 on `chunk_rows` rows at a time (checkpointed under grad), so the (B, G, V)
-    logits never exist at once: at 126k vocabulary they would be the largest tensor of the step."""
+    The output head runs in fp32 on `chunk_rows` rows at a time, so the (B, G, V) logits never exist at once: at
+    126k vocabulary they would be the largest tensor of the step. Default: 2 rows under grad (checkpointed:
+    recomputed in backward instead of stored), else as many rows as keep a chunk's fp32 logits under 1 GiB."""
     B, P = prompt_ids.shape
+    if chunk_rows is None:
+        V = unwrap(model).config.vocab_size
+        chunk_rows = 2 if torch.is_grad_enabled() else max(1, 2**28 // (completion_ids.shape[1] * V))
     u = row_uniforms(mask_gens, prompt_mask)
     noisy_prompt, _ = mask_tokens(prompt_ids, prompt_mask.bool(), p_mask_prompt, u, mask_id)
     x = torch.cat([noisy_prompt, torch.full_like(completion_ids, mask_id)], dim=1)  # (B, P + G)
@@ -283,10 +287,11 @@ def micro_batches(n: int, size: int) -> list[list[int]]:
 def old_and_ref_logprobs(model, ref_model, rnd: Round, mu: int, args, autocast, mask_id: int):
     """Old-policy log-probs for inner steps 1..mu-1 (step 0 reuses the policy's own: the weights have not moved
     yet) and reference log-probs for all mu steps, each (N, L), computed once per round. Lists indexed by k;
-    None where not needed (old[0]; every ref when beta = 0)."""
+    None where not needed (old[0]; every ref when beta = 0). Without grad there are no activations to keep:
+    each mask's pass runs on --logp-batch-size rows at once (default: all of this rank's), not per micro-batch."""
     model.eval()
-    mbs = micro_batches(len(rnd.gidx), args.micro_batch_size)
-    pass_ = lambda m, k: torch.cat([estimate(m, rnd, k, rows, args, mask_id) for rows in mbs])  # noqa: E731
+    chunks = micro_batches(len(rnd.gidx), args.logp_batch_size or len(rnd.gidx))
+    pass_ = lambda m, k: torch.cat([estimate(m, rnd, k, rows, args, mask_id) for rows in chunks])  # noqa: E731
     with autocast:
         old = [None] + [pass_(model, k) for k in range(1, mu)]
         ref = [None] * mu
@@ -507,6 +512,9 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--max-grad-norm", type=float, default=0.2)
     p.add_argument("--micro-batch-size", type=int, default=6, help="completions per forward/backward")
+    p.add_argument("--logp-batch-size", type=int, default=None,
+                   help="completions per no-grad forward of the old-policy/reference passes (default: all of a "
+                        "rank's; lower it if those passes run out of memory)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="OPTIMIZER steps in total (default: d1's per task: gsm8k 7700, math 6600, countdown 5000, "
                         "sudoku 3800); the last round stops early when this is not a multiple of mu")
