@@ -116,7 +116,7 @@ def make_figure(runs: dict[str, list[dict]], keys: list[str], baselines: dict[st
                         label=name)
         if key in baselines:
             value, label = baselines[key]
-            ax.axhline(value, color="0.35", linestyle="--", linewidth=1.2, label=f"{label} ({value:.3g})")
+            ax.axhline(value, color="0.35", linestyle="--", linewidth=1.2, label=f"{label}: {value:.3g}")
         ax.set_title(head)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)

@@ -46,7 +46,7 @@ def test_figure_has_readable_axes(tmp_path):
     assert (reward.get_title(), reward.get_xlabel(), reward.get_ylabel()) == (
         "Rollout reward", "step", "mean reward per completion")
     assert val.get_title() == "Validation accuracy"
-    assert [t.get_text() for t in val.get_legend().get_texts()] == ["diffu-GRPO", "control", "SFT model (0.4)"]
+    assert [t.get_text() for t in val.get_legend().get_texts()] == ["diffu-GRPO", "control", "SFT model: 0.4"]
     assert all(float(t).is_integer() for t in reward.get_xticks())  # step ticks are whole steps
     assert list(val.lines[0].get_xdata()) == [5, 10, 15, 20]
     assert fig.get_suptitle() == "demo"
