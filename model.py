@@ -15,8 +15,8 @@ tokens hidden behind a [MASK] token. Everything the other scripts need from the 
     load_tokenizer, save_tokenizer, make_char_tokenizer
 
 No `trust_remote_code` is ever needed: we read the safetensors files ourselves. The official remote code can
-load what `save_pretrained` writes: config.json carries the release's `auto_map` (local module names, so the
-official configuration_llada.py and modeling_llada.py copied beside it load offline) and the weights' true
+load what `save_pretrained` writes: config.json carries an `auto_map` with local module names (so the official
+configuration_llada.py and modeling_llada.py, copied beside it, load offline) and the weights' true
 `torch_dtype`; adapters carry `task_type: CAUSAL_LM` for peft's AutoPeftModelForCausalLM.
 """
 from __future__ import annotations
@@ -106,9 +106,10 @@ class Config:
         }
         d.update(self.extra)  # a config we loaded keeps its own values for everything we do not model
         d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
-        # Local module names, as in the release's own config.json: transformers imports them from the folder
-        # itself, so an export loads offline once the official configuration_llada.py and modeling_llada.py are
-        # copied beside it (README, "Hugging Face interop"). We never copy that code ourselves.
+        # Local module names (not "GSAI-ML/LLaDA-8B-Instruct--modeling_llada...", which transformers fetches from
+        # the hub even when the files sit beside it): transformers imports them from the model folder itself, so an
+        # export loads offline once the official configuration_llada.py and modeling_llada.py are copied beside it
+        # (README, "Hugging Face interop"). We never copy that code ourselves.
         d["auto_map"] = dict(AUTO_MAP)
         d.pop("dtype", None)  # transformers >= 5 writes "dtype" and prefers it: only the true value may remain
         d.pop("torch_dtype", None)
