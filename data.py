@@ -221,9 +221,9 @@ def _hub_rows(name: str, config: str | None, split: str) -> list[dict]:
                           "or pass a local file with path=...") from e
     try:
         ds = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # network, auth and hub errors come in many types; re-raised with the fix
+    except OSError as e:  # offline, unknown/gated dataset, HTTP: all OSErrors; one line, not the hub's chained ones
         raise RuntimeError(f"could not load {name} ({config or 'default'}, {split}) from the hub: {e}. "
-                           "Offline? Save the split as JSONL/CSV/Parquet elsewhere and pass path=...") from e
+                           "Offline? Save the split as JSONL/CSV/Parquet elsewhere and pass path=...") from None
     return ds.to_list()
 
 

@@ -112,3 +112,22 @@ def test_empty_files_are_refused(tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+def test_hub_failures_are_one_error_without_the_hub_chain(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="OfflineModeIsEnabled.*pass path=") as e:
+        data.load_task("gsm8k", "test")
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug, not the network")
+
+    monkeypatch.setattr(datasets, "load_dataset", bug)
+    with pytest.raises(KeyError):  # unexpected errors keep their own type and traceback
+        data.load_task("gsm8k", "test")
