@@ -416,7 +416,8 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
     try:
-        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
     except GatedRepoError:  # (a RepositoryNotFoundError: first)
         raise PermissionError(f"{hub_id!r} is gated on the Hugging Face hub: accept its terms on its hub page and "
                               "log in (`hf auth login`), or pass a local folder") from None
@@ -641,7 +642,7 @@ def check_adapter_config(cfg: dict, folder) -> None:
     bias, lora_bias, ...): applied as plain LoRA such an adapter gives plausible but wrong outputs. Unknown keys
     (newer PEFT) are refused likewise unless they hold an "off" value (null, false, empty, "none")."""
     if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"{folder}: peft_type is {cfg.get('peft_type')!r}; only LoRA adapters (\"LORA\") are supported")
+        raise ValueError(f"{folder}: peft_type is {cfg.get('peft_type')!r}; only LoRA adapters (LORA) are supported")
     if not isinstance(cfg.get("r"), int) or cfg["r"] <= 0 or not isinstance(cfg.get("lora_alpha"), (int, float)):
         raise ValueError(f"{folder}: adapter_config.json needs a positive integer r and a number lora_alpha, got "
                          f"r={cfg.get('r')!r}, lora_alpha={cfg.get('lora_alpha')!r}")
@@ -662,7 +663,8 @@ def write_adapter_files(model: LLaDA, folder: Path, base_model: str | None, fina
         raise ValueError("the model has no LoRA adapters to save")
     shapes = {(m.r, m.alpha, m.rslora) for _, m in mods}
     if len(shapes) != 1:
-        raise ValueError(f"adapters with different (r, alpha, rslora) {sorted(shapes)} cannot share one adapter_config.json")
+        raise ValueError(f"adapters with different (r, alpha, rslora) {sorted(shapes)} cannot share one "
+                         "adapter_config.json")
     tensors = {}
     for name, m in mods:
         tensors[peft_key(name, "lora_A")] = m.lora_A.detach().contiguous().cpu()
@@ -717,8 +719,8 @@ def load_adapter(model: LLaDA, folder, dropout: float | None = None) -> LLaDA:
     check_adapter_config(cfg, folder)
     tensors = load_safetensors(folder / "adapter_model.safetensors")
     targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors})
-    apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0) if dropout is None else dropout, targets,
-               rslora=bool(cfg.get("use_rslora", False)))
+    dropout = cfg.get("lora_dropout", 0.0) if dropout is None else dropout
+    apply_lora(model, cfg["r"], cfg["lora_alpha"], dropout, targets, rslora=bool(cfg.get("use_rslora", False)))
     expected = set()
     for name, m in lora_modules(model):
         for ab in ("lora_A", "lora_B"):
