@@ -150,8 +150,9 @@ def main(argv: list[str] | None = None):
                    help="run folders (each with a metrics.jsonl) or metrics .jsonl files; each is one line per panel")
     p.add_argument("--keys", default="reward,val_accuracy",
                    help="comma-separated metrics, one panel each (sft.py: loss, val_loss, lr, grad_norm; "
-                        "diffu_grpo.py: reward, val_accuracy, kl, clip_frac, completion_len, val/TASK, ...)")
-    p.add_argument("--out", default="plot.png", help="the PNG to write")
+                        "diffu_grpo.py: reward, val_accuracy, kl, clip_frac, completion_len, val/TASK, ...); "
+                        "default: %(default)s")
+    p.add_argument("--out", default="plot.png", help="the PNG to write (default: %(default)s)")
     p.add_argument("--labels", default=None,
                    help="comma-separated legend names, one per RUN_DIR (default: the folder names)")
     p.add_argument("--baseline", action="append", default=[], type=parse_baseline, metavar="KEY=VALUE[:LABEL]",
