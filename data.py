@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import gzip
 import json
 import os
 import random
@@ -220,9 +221,9 @@ def _hub_rows(name: str, config: str | None, split: str) -> list[dict]:
                           "or pass a local file with path=...") from e
     try:
         ds = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # network, auth and hub errors come in many types; re-raised with the fix
+    except OSError as e:  # offline, unknown/gated dataset, HTTP: all OSErrors; one line, not the hub's chained ones
         raise RuntimeError(f"could not load {name} ({config or 'default'}, {split}) from the hub: {e}. "
-                           "Offline? Save the split as JSONL/CSV/Parquet elsewhere and pass path=...") from e
+                           "Offline? Save the split as JSONL/CSV/Parquet elsewhere and pass path=...") from None
     return ds.to_list()
 
 
@@ -236,37 +237,74 @@ def write_sudoku_csv(path: str | os.PathLike, examples: list[dict]) -> Path:
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
-    """Rows of a local .jsonl, .json (a list of objects), .csv or .parquet file, as dicts. Errors name the file and
-    the row (1-based record number)."""
+    """Rows of a local data file, as dicts: .jsonl; .json (a list of objects, or JSON Lines as datasets'
+    `Dataset.to_json` writes them); .csv; .parquet; the text formats gzip-compressed (.jsonl.gz, e.g. HumanEval's
+    release file); or a folder written by datasets' `save_to_disk`. Errors name the file and the row (1-based)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
-    ext = path.suffix.lower()
-    if ext == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}: row {len(rows) + 1}: invalid JSON ({e})") from e
-    elif ext == ".json":
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
-    elif ext == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))  # all values stay strings: Sudoku's leading zeros survive
-    elif ext == ".parquet":
-        rows = _read_parquet(path)
+    if path.is_dir():
+        rows = _read_saved_dataset(path)
     else:
-        raise ValueError(f"{path}: unsupported extension {ext!r} (use .jsonl, .json, .csv or .parquet)")
+        gz = path.suffix.lower() == ".gz"
+        ext = Path(path.stem).suffix.lower() if gz else path.suffix.lower()
+        if ext == ".parquet" and not gz:
+            rows = _read_parquet(path)
+        elif ext in (".jsonl", ".json", ".csv"):
+            newline = "" if ext == ".csv" else None  # the csv module handles line ends inside quoted cells itself
+            with (gzip.open(path, "rt", encoding="utf-8", newline=newline) if gz
+                  else open(path, encoding="utf-8", newline=newline)) as f:
+                # CSV: all values stay strings, so Sudoku's leading zeros survive
+                rows = list(csv.DictReader(f)) if ext == ".csv" else _json_rows(f.read(), path, ext)
+        else:
+            raise ValueError(f"{path}: unsupported extension {''.join(path.suffixes[-2:]) if gz else ext!r} (use "
+                             ".jsonl, .json, .csv or .parquet; .jsonl.gz, .json.gz, .csv.gz; or a folder written by "
+                             "datasets' save_to_disk)")
+    if not rows:  # else every caller fails later with a misleading message (or, worse, succeeds on nothing)
+        raise ValueError(f"{path}: the file has no rows")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: row {i + 1}: expected an object, got {type(row).__name__}")
     return rows
+
+
+def _json_rows(text: str, path: Path, ext: str) -> list:
+    """A JSON array of objects, or JSON Lines (one object per line: .jsonl, and datasets' to_json under .json)."""
+    if ext == ".json" and text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON ({e})") from None
+    rows = []
+    for line in text.split("\n"):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                hint = " (a .json file must hold a list of objects, or one object per line)" if ext == ".json" else ""
+                raise ValueError(f"{path}: row {len(rows) + 1}: invalid JSON ({e}){hint}") from None
+    return rows
+
+
+def _read_saved_dataset(path: Path) -> list[dict]:
+    """The rows of a folder written by datasets' save_to_disk: a Dataset, or a DatasetDict with one split."""
+    if (path / "dataset_dict.json").is_file():  # a DatasetDict: one sub-folder per split
+        with open(path / "dataset_dict.json", encoding="utf-8") as f:
+            splits = json.load(f).get("splits", [])
+        if len(splits) != 1:
+            raise ValueError(f"{path} holds a DatasetDict with splits {splits}: pass one split's folder, e.g. "
+                             f"{path / splits[0] if splits else path}")
+        _log(f"{path}: a DatasetDict with one split, {splits[0]!r}: reading it")
+        path = path / splits[0]
+    if not (path / "state.json").is_file():
+        raise ValueError(f"{path} is a folder, not a data file, and not one written by datasets' save_to_disk (no "
+                         "state.json): pass a .jsonl/.json/.csv/.parquet file or a save_to_disk folder")
+    try:
+        import datasets  # lazy: slow to import, needed only here
+    except ImportError:
+        raise ImportError(f"reading {path} (a datasets save_to_disk folder) needs `datasets` (pip install datasets); "
+                          "or export it with Dataset.to_json / to_parquet and pass that file") from None
+    return datasets.load_from_disk(str(path)).to_list()
 
 
 def _read_parquet(path: Path) -> list[dict]:
@@ -691,16 +729,23 @@ def _first(v):
 
 def load_s1k(path=None) -> list[dict]:
     """s1K as SFT pairs {"id", "prompt": d1's SFT user message, "answer": d1's <reasoning>/<answer> text}.
-    Uses the first of `thinking_trajectories`. path: a local copy with s1K's fields (else the hub)."""
+    path: a local copy (else the hub's simplescaling/s1K, d1's data). s1K rows (question, thinking_trajectories,
+    attempt) use the first of `thinking_trajectories`; s1K-1.1 rows, whose release renamed the fields (question,
+    deepseek_thinking_trajectory, deepseek_attempt: DeepSeek-R1's traces; gemini_* hold s1K's), use the DeepSeek
+    ones, the point of that release."""
     rows, src = (read_rows(path), str(path)) if path is not None else (_hub_rows("simplescaling/s1K", None, "train"),
                                                                         "simplescaling/s1K:train")
     out = []
     for i, row in enumerate(rows):
         q = _text(row, ("question",), src, i)
-        thinking = _first(_field(row, ("thinking_trajectories",), src, i))
-        if not isinstance(thinking, str):
-            raise ValueError(f"{src}: row {i + 1}: field 'thinking_trajectories' must be a list of strings")
-        attempt = _text(row, ("attempt",), src, i)
+        if row.get("thinking_trajectories") is None and row.get("deepseek_thinking_trajectory") is not None:  # 1.1
+            thinking = _text(row, ("deepseek_thinking_trajectory",), src, i)
+            attempt = _text(row, ("deepseek_attempt",), src, i)
+        else:  # s1K (the error for neither names both layouts' field)
+            thinking = _first(_field(row, ("thinking_trajectories", "deepseek_thinking_trajectory"), src, i))
+            if not isinstance(thinking, str):
+                raise ValueError(f"{src}: row {i + 1}: field 'thinking_trajectories' must be a list of strings")
+            attempt = _text(row, ("attempt",), src, i)
         out.append({"id": f"s1k/{i}", "prompt": sft_user_message(q), "answer": sft_answer(thinking, attempt)})
     return out
 

@@ -364,7 +364,7 @@ def build_model(args, device, dtype, master: bool):
     lora = args.lora_r > 0
     # LoRA: frozen base weights straight in the compute dtype on the device; full fine-tuning: fp32 master weights.
     load_dtype, load_device = (dtype, device) if lora and not args.fsdp else (torch.float32, "cpu")
-    base_name = args.init
+    base_name = None if args.init == "tiny" else args.init  # None: a random base, saved with each adapter
     if args.init == "tiny":  # random tiny model: smoke tests of the code path
         tokenizer = make_char_tokenizer()
         model = LLaDA(preset_config("tiny", tokenizer)).init_weights(args.seed).to(load_device, load_dtype)

@@ -12,10 +12,12 @@ tokens hidden behind a [MASK] token. Everything the other scripts need from the 
     LoRALinear, apply_lora, lora_disabled, merge_lora, save_adapter, load_adapter   (PEFT file layout)
     save_checkpoint, load_checkpoint_state, checkpoints, open_metrics               training checkpoints/logs
     shard_fsdp, save/load_sharded_checkpoint, memory_budget                         FSDP2 full fine-tuning
-    load_tokenizer, make_char_tokenizer
+    load_tokenizer, save_tokenizer, make_char_tokenizer
 
 No `trust_remote_code` is ever needed: we read the safetensors files ourselves. The official remote code can
-load what `save_pretrained` writes (config.json carries the release's `auto_map`, pointing at the hub).
+load what `save_pretrained` writes: config.json carries an `auto_map` with local module names (so the official
+configuration_llada.py and modeling_llada.py, copied beside it, load offline) and the weights' true
+`torch_dtype`; adapters carry `task_type: CAUSAL_LM` for peft's AutoPeftModelForCausalLM.
 """
 from __future__ import annotations
 
@@ -38,6 +40,13 @@ from torch.utils.checkpoint import checkpoint
 
 # -----------------------------------------------------------------------------
 # Config
+
+
+AUTO_MAP = {  # config.json's pointers to the official remote code (module.Class, resolved in the model folder)
+    "AutoConfig": "configuration_llada.LLaDAConfig",
+    "AutoModel": "modeling_llada.LLaDAModelLM",
+    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+}
 
 
 @dataclasses.dataclass
@@ -82,25 +91,30 @@ class Config:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Config":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json(path))
 
-    def to_dict(self) -> dict:
+    def to_dict(self, dtype: torch.dtype | None = None) -> dict:
+        """config.json's contents. dtype: the dtype of the weights written next to it (transformers loads them
+        in `torch_dtype`); None leaves the field out (e.g. fp32 training shards that transformers never reads)."""
         d = {
             # Fields the official remote code (configuration_llada.py) expects, with the release's values.
             "architectures": ["LLaDAModelLM"], "model_type": "llada", "activation_type": "silu",
             "block_type": "llama", "layer_norm_type": "rms", "include_bias": False, "include_qkv_bias": False,
             "weight_tying": False, "rope": True, "rope_full_precision": True, "alibi": False,
             "scale_logits": False, "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0,
-            "mlp_ratio": self.mlp_hidden_size // self.d_model, "torch_dtype": "bfloat16",
-            "auto_map": {
-                "AutoConfig": "GSAI-ML/LLaDA-8B-Instruct--configuration_llada.LLaDAConfig",
-                "AutoModel": "GSAI-ML/LLaDA-8B-Instruct--modeling_llada.LLaDAModelLM",
-                "AutoModelForCausalLM": "GSAI-ML/LLaDA-8B-Instruct--modeling_llada.LLaDAModelLM",
-            },
+            "mlp_ratio": self.mlp_hidden_size // self.d_model,
         }
         d.update(self.extra)  # a config we loaded keeps its own values for everything we do not model
         d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
+        # Local module names (not "GSAI-ML/LLaDA-8B-Instruct--modeling_llada...", which transformers fetches from
+        # the hub even when the files sit beside it): transformers imports them from the model folder itself, so an
+        # export loads offline once the official configuration_llada.py and modeling_llada.py are copied beside it
+        # (README, "Hugging Face interop"). We never copy that code ourselves.
+        d["auto_map"] = dict(AUTO_MAP)
+        d.pop("dtype", None)  # transformers >= 5 writes "dtype" and prefers it: only the true value may remain
+        d.pop("torch_dtype", None)
+        if dtype is not None:
+            d["torch_dtype"] = str(dtype).removeprefix("torch.")
         return d
 
 
@@ -377,8 +391,12 @@ def write_hf_files(folder: Path, cfg: Config, state_dict: dict, tokenizer=None, 
         current[k] = v
         size += nbytes
     shards.append(current)
+    dtypes = {v.dtype for v in tensors.values() if v.is_floating_point()}
+    if len(dtypes) != 1:
+        raise ValueError(f"the weights to save have mixed dtypes {sorted(map(str, dtypes))}: cast the model to one "
+                         "dtype first (config.json records one torch_dtype)")
     with open(folder / "config.json", "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
+        json.dump(cfg.to_dict(dtype=dtypes.pop()), f, indent=2)
     if len(shards) == 1:
         save_file(shards[0], folder / "model.safetensors", metadata={"format": "pt"})
     else:
@@ -391,7 +409,7 @@ def write_hf_files(folder: Path, cfg: Config, state_dict: dict, tokenizer=None, 
         with open(folder / "model.safetensors.index.json", "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+        save_tokenizer(tokenizer, folder)
 
 
 def checkpoint_key(state_dict_key: str) -> str:
@@ -400,7 +418,9 @@ def checkpoint_key(state_dict_key: str) -> str:
 
 
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
-    """A local folder, or a hub id resolved to a local folder (downloaded when online, else from the cache)."""
+    """A local folder, or a hub id resolved to a local folder (downloaded when online, else from the cache).
+    The hub's known failures (offline, unknown or gated repository, HTTP errors) become one line each, without
+    the hub's chained tracebacks."""
     p = Path(path_or_hub_id)
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -408,32 +428,75 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
         return p
     if p.exists():
         raise NotADirectoryError(f"{p} is a file; expected a checkpoint folder (config.json + *.safetensors)")
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_hub_id)):
+    hub_id = str(path_or_hub_id)
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id):
         raise FileNotFoundError(f"no such checkpoint folder: {p}")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
     try:
-        return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
-    except Exception as e:  # offline / unknown repo / gated: say what happened and how to fix it
-        raise FileNotFoundError(
-            f"{path_or_hub_id!r} is not a local folder and could not be fetched from the Hugging Face hub "
-            f"({type(e).__name__}: {e}). Download it once while online, or pass a local folder.") from e
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
+    except GatedRepoError:  # (a RepositoryNotFoundError: first)
+        raise PermissionError(f"{hub_id!r} is gated on the Hugging Face hub: accept its terms on its hub page and "
+                              "log in (`hf auth login`), or pass a local folder") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{hub_id!r} is neither a local folder nor a model on the Hugging Face hub (a "
+                                "private one needs `hf auth login`)") from None
+    except LocalEntryNotFoundError:  # offline (no network or HF_HUB_OFFLINE=1) and not in the local cache
+        raise FileNotFoundError(f"{hub_id!r} is not a local folder and not in the Hugging Face cache, and the hub "
+                                f"cannot be reached (offline?): download it once while online (`hf download "
+                                f"{hub_id}`), or pass a local folder") from None
+    except HfHubHTTPError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConnectionError(f"could not fetch {hub_id!r} from the Hugging Face hub: {first}") from None
 
 
 def iter_safetensors(folder: Path, device):
     """Yield (key, tensor) from model.safetensors or the shards of model.safetensors.index.json."""
-    from safetensors import safe_open
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        files = sorted(set(read_json(index)["weight_map"].values()))
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
         raise FileNotFoundError(f"{folder} has neither model.safetensors nor model.safetensors.index.json")
     for name in files:
-        with safe_open(folder / name, framework="pt", device=str(device)) as f:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} is missing (listed in {index.name}): the copy or download is "
+                                    "incomplete; copy or download the folder again")
+        with open_safetensors(folder / name, device) as f:
             for key in f.keys():
                 yield key, f.get_tensor(key)
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str | os.PathLike, device="cpu"):
+    """safetensors' safe_open; a truncated or corrupt file is a one-line error that names it (safetensors itself
+    says only "incomplete metadata" and the like)."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        f = safe_open(path, framework="pt", device=str(device))
+    except SafetensorError as e:  # the header is checked on open: a cut-off file never gets further
+        raise ValueError(f"{path} is not a complete safetensors file ({e}): it was probably cut off while copying "
+                         "or downloading; copy or download it again") from None
+    with f:
+        yield f
+
+
+def load_safetensors(path: str | os.PathLike, device="cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of one .safetensors file (safetensors.torch.load_file with open_safetensors' errors)."""
+    with open_safetensors(path, device) as f:
+        return {key: f.get_tensor(key) for key in f.keys()}
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file of a checkpoint or adapter folder; a corrupt or cut-off file names itself."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): it is corrupt or was cut off while copying; copy or "
+                         "download it again") from None
 
 
 @contextlib.contextmanager
@@ -494,13 +557,16 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", 
 
 class LoRALinear(nn.Module):
     """y = x W^T + scale * dropout(x) A^T B^T, with A (r, in) random, B (out, r) zero: at step 0 it IS the base.
+    scale = alpha / r, or alpha / sqrt(r) with rslora (rank-stabilised LoRA, PEFT's use_rslora).
     Keeps `weight` under its own name, so the base checkpoint keys are unchanged. A/B stay fp32."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, generator=None):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, generator=None,
+                 rslora: bool = False):
         super().__init__()
         self.weight = base.weight  # frozen base weight (bf16 on GPU)
         self.weight.requires_grad_(False)
-        self.r, self.alpha, self.scale = r, alpha, alpha / r
+        self.r, self.alpha, self.rslora = r, alpha, rslora
+        self.scale = alpha / math.sqrt(r) if rslora else alpha / r
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device, dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device, dtype=torch.float32))
         with torch.no_grad():  # U(-1/sqrt(in), 1/sqrt(in)): PEFT's default (kaiming_uniform with a=sqrt(5))
@@ -524,7 +590,8 @@ def lora_modules(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
-def apply_lora(model: LLaDA, r: int, alpha: float, dropout: float = 0.0, targets=LORA_TARGETS, seed: int = 0) -> LLaDA:
+def apply_lora(model: LLaDA, r: int, alpha: float, dropout: float = 0.0, targets=LORA_TARGETS, seed: int = 0,
+               rslora: bool = False) -> LLaDA:
     """Wrap the named Linear layers of every block in LoRALinear and freeze everything else."""
     unknown = set(targets) - set(LORA_TARGETS)
     if unknown:
@@ -534,7 +601,7 @@ def apply_lora(model: LLaDA, r: int, alpha: float, dropout: float = 0.0, targets
     g = torch.Generator().manual_seed(seed)  # a local generator: the same A on every rank, no global reseeding
     for block in model.transformer.blocks:
         for name in targets:
-            setattr(block, name, LoRALinear(getattr(block, name), r, alpha, dropout, generator=g))
+            setattr(block, name, LoRALinear(getattr(block, name), r, alpha, dropout, generator=g, rslora=rslora))
     return model
 
 
@@ -570,29 +637,72 @@ def peft_key(name: str, ab: str) -> str:
     return f"base_model.model.{checkpoint_key(name)}.{ab}.weight"
 
 
-def save_adapter(model: LLaDA, folder, base_model: str = "GSAI-ML/LLaDA-8B-Instruct"):
-    """adapter_model.safetensors + adapter_config.json, loadable by `peft.PeftModel.from_pretrained`."""
+def save_adapter(model: LLaDA, folder, base_model: str | None, tokenizer=None):
+    """adapter_model.safetensors + adapter_config.json, loadable by `peft` (PeftModel.from_pretrained, or
+    AutoPeftModelForCausalLM from the recorded base). base_model: the folder or hub id of the base weights the
+    adapter applies to; None when they were never saved (a randomly initialised base): they are then written
+    into folder/base and recorded there."""
     with atomic_dir(folder) as tmp:
-        write_adapter_files(model, tmp, base_model)
+        write_adapter_files(model, tmp, base_model, Path(folder), tokenizer)
 
 
-def write_adapter_files(model: LLaDA, folder: Path, base_model: str):
+# adapter_config.json keys that describe or INITIALISE an adapter: PEFT itself ignores them when it loads one.
+_ADAPTER_INFO_KEYS = {
+    "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping",
+    "r", "lora_alpha", "lora_dropout", "use_rslora", "target_modules", "exclude_modules", "init_lora_weights",
+    "loftq_config", "eva_config", "corda_config", "lora_ga_config", "megatron_config", "megatron_core",
+    "qalora_group_size", "ensure_weight_tying"}
+
+
+def check_adapter_config(cfg: dict, folder) -> None:
+    """Refuse, by name, every adapter_config.json option that changes what the adapter computes and that
+    load_adapter does not implement (use_dora, rank_pattern/alpha_pattern, layers_to_transform, modules_to_save,
+    bias, lora_bias, ...): applied as plain LoRA such an adapter gives plausible but wrong outputs. Unknown keys
+    (newer PEFT) are refused likewise unless they hold an "off" value (null, false, empty, "none")."""
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{folder}: peft_type is {cfg.get('peft_type')!r}; only LoRA adapters (LORA) are supported")
+    if not isinstance(cfg.get("r"), int) or cfg["r"] <= 0 or not isinstance(cfg.get("lora_alpha"), (int, float)):
+        raise ValueError(f"{folder}: adapter_config.json needs a positive integer r and a number lora_alpha, got "
+                         f"r={cfg.get('r')!r}, lora_alpha={cfg.get('lora_alpha')!r}")
+    for key, value in cfg.items():
+        if key not in _ADAPTER_INFO_KEYS and not (value is None or value is False or value in ("none", {}, [])):
+            raise ValueError(f"{folder}: adapter_config.json sets {key}={json.dumps(value)}, which this LoRA loader "
+                             "does not implement; merge the adapter with peft (merge_and_unload) and load the "
+                             "merged model instead")
+
+
+def write_adapter_files(model: LLaDA, folder: Path, base_model: str | None, final: Path | None = None,
+                        tokenizer=None):
+    """The adapter files into `folder` (its final name `final` when written under a temporary one). base_model
+    None: the frozen base weights go into folder/base (HF layout, with the tokenizer) and are recorded as the base."""
     from safetensors.torch import save_file
     mods = lora_modules(model)
     if not mods:
         raise ValueError("the model has no LoRA adapters to save")
+    shapes = {(m.r, m.alpha, m.rslora) for _, m in mods}
+    if len(shapes) != 1:
+        raise ValueError(f"adapters with different (r, alpha, rslora) {sorted(shapes)} cannot share one "
+                         "adapter_config.json")
     tensors = {}
     for name, m in mods:
         tensors[peft_key(name, "lora_A")] = m.lora_A.detach().contiguous().cpu()
         tensors[peft_key(name, "lora_B")] = m.lora_B.detach().contiguous().cpu()
+    if base_model is None:  # never saved: the adapter alone would be useless, so it travels with its base
+        base_state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
+        (folder / "base").mkdir()
+        write_hf_files(folder / "base", model.config, base_state, tokenizer)
+        base_model = str((final or folder) / "base")
     m0 = mods[0][1]
     targets = sorted({name.rsplit(".", 1)[-1] for name, _ in mods})
     config = {
-        "peft_type": "LORA", "task_type": None, "r": m0.r, "lora_alpha": m0.alpha, "lora_dropout": m0.dropout.p,
+        # task_type CAUSAL_LM: what AutoPeftModelForCausalLM requires (LLaDAModelLM is registered for
+        # AutoModelForCausalLM in the release's auto_map); PeftModel.from_pretrained accepts it too.
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": m0.r, "lora_alpha": m0.alpha,
+        "lora_dropout": m0.dropout.p,
         # A regex, because PEFT matches plain names by suffix and "ff_out" is also the output head.
         "target_modules": rf".*blocks\.\d+\.({'|'.join(targets)})",
         "bias": "none", "base_model_name_or_path": base_model, "fan_in_fan_out": False,
-        "use_rslora": False, "use_dora": False, "inference_mode": True,
+        "use_rslora": m0.rslora, "use_dora": False, "inference_mode": True,
     }
     save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
     with open(folder / "adapter_config.json", "w") as f:
@@ -605,7 +715,7 @@ def adapter_base(folder, base: str | None = None) -> str:
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{folder} has no adapter_config.json: not a LoRA adapter folder")
-    recorded = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    recorded = read_json(folder / "adapter_config.json").get("base_model_name_or_path")
     if base is None:
         if not recorded:
             raise ValueError(f"{folder} does not record its base model: pass it explicitly")
@@ -618,16 +728,17 @@ def adapter_base(folder, base: str | None = None) -> str:
 
 
 def load_adapter(model: LLaDA, folder, dropout: float | None = None) -> LLaDA:
-    """Apply LoRA as described by adapter_config.json and load its weights (every key and shape checked)."""
-    from safetensors.torch import load_file
+    """Apply LoRA as described by adapter_config.json and load its weights (every key and shape checked).
+    Options that change the adapter's function and are not implemented are refused (check_adapter_config)."""
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{folder} has no adapter_config.json: not a LoRA adapter folder")
-    with open(folder / "adapter_config.json") as f:
-        cfg = json.load(f)
-    tensors = load_file(folder / "adapter_model.safetensors")
+    cfg = read_json(folder / "adapter_config.json")
+    check_adapter_config(cfg, folder)
+    tensors = load_safetensors(folder / "adapter_model.safetensors")
     targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors})
-    apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0) if dropout is None else dropout, targets)
+    dropout = cfg.get("lora_dropout", 0.0) if dropout is None else dropout
+    apply_lora(model, cfg["r"], cfg["lora_alpha"], dropout, targets, rslora=bool(cfg.get("use_rslora", False)))
     expected = set()
     for name, m in lora_modules(model):
         for ab in ("lora_A", "lora_B"):
@@ -651,15 +762,17 @@ def load_adapter(model: LLaDA, folder, dropout: float | None = None) -> LLaDA:
 
 
 def save_checkpoint(folder, model: LLaDA, optimizer=None, state: dict | None = None, tokenizer=None,
-                    base_model: str = ""):
+                    base_model: str | None = None):
     """One folder, written atomically: the adapter (PEFT layout) when the model has LoRA, else the full model
     (HF layout), so `--adapter folder` / `--model folder` load it directly; plus optimizer.pt (torch.save of
-    the optimizer state: tensors and numbers, loadable with weights_only=True) and state.json (step, args, ...)."""
+    the optimizer state: tensors and numbers, loadable with weights_only=True) and state.json (step, args, ...).
+    base_model (LoRA only): where the base weights are saved (folder or hub id); None = nowhere (a random
+    base): they are saved with the adapter, in folder/base (see save_adapter)."""
     with atomic_dir(folder) as tmp:
         if lora_modules(model):
-            write_adapter_files(model, tmp, base_model)
+            write_adapter_files(model, tmp, base_model, Path(folder), tokenizer)
             if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+                save_tokenizer(tokenizer, tmp)
         else:
             model.write_files(tmp, tokenizer)
         if optimizer is not None:
@@ -684,7 +797,6 @@ def checkpoints(out_dir) -> list[Path]:
 
 def load_checkpoint_state(folder, model: LLaDA, optimizer=None) -> dict:
     """Restore what save_checkpoint wrote into an already built model (with LoRA applied if it was LoRA)."""
-    from safetensors.torch import load_file
     folder = Path(folder)
     if not (folder / "state.json").is_file():
         raise FileNotFoundError(f"{folder} is not a training checkpoint (no state.json)")
@@ -692,7 +804,7 @@ def load_checkpoint_state(folder, model: LLaDA, optimizer=None) -> dict:
         raise ValueError(f"{folder} holds FSDP shards (torch.distributed.checkpoint): resume it with --fsdp, or "
                          "convert it to an HF-layout model with --export")
     if lora_modules(model):
-        tensors = load_file(folder / "adapter_model.safetensors")
+        tensors = load_safetensors(folder / "adapter_model.safetensors")
         for name, m in lora_modules(model):
             for ab in ("lora_A", "lora_B"):
                 with torch.no_grad():
@@ -770,7 +882,7 @@ def save_sharded_checkpoint(folder, model: LLaDA, optimizer, state: dict, tokeni
         with open(tmp / "config.json", "w") as f:
             json.dump(model.config.to_dict(), f, indent=2)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         with open(tmp / "state.json", "w") as f:
             json.dump(state or {}, f, indent=2, default=str)
     dist.barrier()  # every rank's shards are on disk
@@ -914,13 +1026,28 @@ SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_h
 
 def load_tokenizer(path_or_hub_id: str | os.PathLike):
     """The checkpoint folder's tokenizer.json as a PreTrainedTokenizerFast (LLaDA's tokenizer class).
-    Not AutoTokenizer: it reads config.json, whose `auto_map` (kept so the official code can load our
-    checkpoints) would make transformers ask whether to run remote code."""
+    Not AutoTokenizer: transformers >= 5 reads config.json first, whose `auto_map` (so the official code can
+    load our checkpoints) makes it ask whether to run remote code."""
     from transformers import PreTrainedTokenizerFast
     folder = Path(path_or_hub_id) if Path(path_or_hub_id).is_dir() else resolve_checkpoint(path_or_hub_id)
     if not (folder / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{folder} has no tokenizer.json")
     return PreTrainedTokenizerFast.from_pretrained(str(folder), trust_remote_code=False)
+
+
+def save_tokenizer(tokenizer, folder: str | os.PathLike):
+    """tokenizer.save_pretrained(folder), with a tokenizer_config.json that transformers 4 and 5 both read.
+    transformers 5 writes `"tokenizer_class": "TokenizersBackend"` and the extra special tokens as a list under
+    "extra_special_tokens"; transformers 4 (what the official LLaDA code was written for) knows neither. The
+    release's own names (PreTrainedTokenizerFast, additional_special_tokens) mean the same to both."""
+    tokenizer.save_pretrained(folder)
+    path = Path(folder) / "tokenizer_config.json"
+    cfg = read_json(path)
+    if cfg.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(cfg.get("extra_special_tokens"), list):  # (a dict there means named tokens: both versions read it)
+        cfg["additional_special_tokens"] = cfg.pop("extra_special_tokens")
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def special_ids(tokenizer) -> dict:
@@ -934,7 +1061,7 @@ def special_ids(tokenizer) -> dict:
 def make_char_tokenizer(alphabet: str | None = None, chat_template: str = None):
     """A character-level tokenizer with LLaDA's special tokens and chat template (or `chat_template`, e.g.
     COMPACT_CHAT_TEMPLATE for models trained from scratch), for tiny models and tests.
-    Built with the `tokenizers` library; save it with .save_pretrained(folder) next to a checkpoint."""
+    Built with the `tokenizers` library; save it with save_tokenizer(tokenizer, folder) next to a checkpoint."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     if alphabet is None:

@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None):
         if args.fsdp:  # every rank writes its shards
             save_sharded_checkpoint(out_dir / f"step-{step:06d}", model, optimizer, state, tokenizer)
         elif master:
-            save_checkpoint(out_dir / f"step-{step:06d}", model, optimizer, state, tokenizer, base_model=args.model)
+            save_checkpoint(out_dir / f"step-{step:06d}", model, optimizer, state, tokenizer,
+                            base_model=None if args.init_from_scratch else args.model)  # None: random base, saved too
         if master:
             for old in checkpoints(out_dir)[:-args.keep_last] if args.keep_last > 0 else []:
                 shutil.rmtree(old)

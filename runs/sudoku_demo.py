@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import data  # noqa: E402
 import diffu_grpo  # noqa: E402
 import eval as evaluation  # noqa: E402
+import plot  # noqa: E402
 import sft  # noqa: E402
 from model import COMPACT_CHAT_TEMPLATE, LLaDA, load_tokenizer, make_char_tokenizer  # noqa: E402
 
@@ -46,6 +47,7 @@ FULL = dict(sft_examples=48000, sft_epochs=2, rl_prompts=4000, test_items=512, r
 QUICK = dict(sft_examples=640, sft_epochs=1, rl_prompts=64, test_items=16, rl_steps=8, eval_every=4,
              rl_extra=["--prompts-per-step", "4", "--num-generations", "4", "--micro-batch-size", "16"])
 GEN = ["--gen-length", "24", "--block-length", "24"]  # "<answer>" + 16 digits + "</answer>" + <|eot_id|> + EOS
+VAL_SIZE = 128  # diffu_grpo.py's --val-size: its validation puzzles (training grids), also scored for the SFT model
 
 
 def taught_error(puzzle: str, solution: str, rng: random.Random, rate: float) -> str:
@@ -96,7 +98,7 @@ def rl_args(init: Path, train_csv: Path, out: Path, seed: int, steps: int, eval_
             "--weight-decay", "0",
             "--max-grad-norm", "0.2", "--temperature", "1.0", "--num-generations", "8", "--prompts-per-step", "16",
             "--micro-batch-size", "64", "--gen-batch-size", "128", *GEN, "--diffusion-steps", "12",
-            "--max-steps", str(steps), "--eval-every", str(eval_every), "--val-size", "128",
+            "--max-steps", str(steps), "--eval-every", str(eval_every), "--val-size", str(VAL_SIZE),
             "--save-every", str(steps), "--out-dir", str(out), "--seed", str(seed), *extra]
 
 
@@ -104,33 +106,18 @@ def metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in open(folder / "metrics.jsonl")]
 
 
-def svg_plot(path: Path, runs: dict[str, list[dict]]):
-    """A dependency-free SVG: rollout reward (left) and validation accuracy (right) per RL step."""
-    W, H, pad = 360, 220, 40
-    colors = {"diffu-GRPO": "#1f77b4", "random-reward control": "#d62728"}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H + 30}" font-family="sans-serif" '
-             'font-size="11">']
-    for panel, key in enumerate(["reward", "val_accuracy"]):
-        x0 = panel * W
-        parts.append(f'<text x="{x0 + W / 2}" y="14" text-anchor="middle">{key} per RL step</text>')
-        parts.append(f'<rect x="{x0 + pad}" y="20" width="{W - 1.5 * pad}" height="{H - pad}" fill="none" stroke="#999"/>')
-        pts = [(m["step"], m[key]) for rows in runs.values() for m in rows if key in m]
-        if not pts:
-            continue
-        lo, hi = min(v for _, v in pts), max(v for _, v in pts)
-        lo, hi = (lo - 0.05, hi + 0.05) if hi > lo else (lo - 0.5, hi + 0.5)
-        smax = max(s for s, _ in pts)
-        sx = lambda s: x0 + pad + (W - 1.5 * pad) * s / max(1, smax)
-        sy = lambda v: 20 + (H - pad) * (1 - (v - lo) / (hi - lo))
-        for v in (lo, hi):
-            parts.append(f'<text x="{x0 + pad - 4}" y="{sy(v) + 4}" text-anchor="end">{v:.2f}</text>')
-        parts.append(f'<text x="{sx(smax)}" y="{H - pad + 34}" text-anchor="end">step {smax}</text>')
-        for i, (name, rows) in enumerate(runs.items()):
-            line = " ".join(f"{sx(m['step']):.1f},{sy(m[key]):.1f}" for m in rows if key in m)
-            parts.append(f'<polyline points="{line}" fill="none" stroke="{colors.get(name, "#333")}" stroke-width="2"/>')
-            if panel == 0:
-                parts.append(f'<text x="{x0 + pad + 6}" y="{H + 10 + 12 * i}" fill="{colors.get(name, "#333")}">{name}</text>')
-    path.write_text("\n".join(parts + ["</svg>"]) + "\n")
+def plot_curves(path: Path, runs: dict[str, list[dict]], sft_val_accuracy: float, seed: int):
+    """Rollout reward and validation accuracy per RL step (plot.py), the SFT model marked in both panels: its
+    rollouts are step 1's (generated before the first update), its validation accuracy was scored on the same
+    puzzles. matplotlib is optional: without it the plot is skipped with one line."""
+    first = runs["diffu-GRPO"][0]["reward"]
+    try:
+        plot.plot_runs(runs, ["reward", "val_accuracy"], path,
+                       baselines={"reward": (first, "SFT model (step-1 rollouts)"),
+                                  "val_accuracy": (sft_val_accuracy, "SFT model")},
+                       title=f"Sudoku demo, seed {seed}")
+    except ImportError as e:
+        print(f"plot skipped: {e}")
 
 
 def run_seed(seed: int, out: Path, sizes: dict, error_rate: float, control: bool) -> dict:
@@ -146,6 +133,8 @@ def run_seed(seed: int, out: Path, sizes: dict, error_rate: float, control: bool
     t_sft = time.time() - t0
     test = data.load_task("sudoku", "test", path=out / "data" / "test.csv", style="compact")
     result = {"seed": seed, "sft": test_accuracy(sft_ckpt, test), "sft_minutes": t_sft / 60}
+    val = data.load_task("sudoku", "val", path=out / "data" / "rl_train.csv", style="compact", limit=VAL_SIZE)
+    result["sft_val_accuracy"] = test_accuracy(sft_ckpt, val)["cell_accuracy"]  # the RL runs' validation metric
     runs = {}
     for name, extra in [("diffu-GRPO", []), ("random-reward control", ["--random-reward"])][:2 if control else 1]:
         t1 = time.time()
@@ -160,7 +149,7 @@ def run_seed(seed: int, out: Path, sizes: dict, error_rate: float, control: bool
         k = max(1, len(rewards) // 4)
         result[key + "_rollout_reward"] = {"first": sum(rewards[:k]) / k, "last": sum(rewards[-k:]) / k}
     result["minutes"] = (time.time() - t0) / 60
-    svg_plot(out / "rl_curves.svg", runs)
+    plot_curves(out / "rl_curves.png", runs, result["sft_val_accuracy"], seed)
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -239,7 +239,7 @@ def test_bad_files(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ValueError, match="extension"):
         data.read_rows(tmp_path / "x.txt")
-    (tmp_path / "d.json").write_text('{"a": 1}')
+    (tmp_path / "d.json").write_text('{\n  "a": 1\n}\n')  # one pretty-printed object: neither a list nor JSON Lines
     with pytest.raises(ValueError, match="list"):
         data.read_rows(tmp_path / "d.json")
 

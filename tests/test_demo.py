@@ -13,8 +13,14 @@ def test_demo_pipeline_quick(tmp_path, capsys):
     for key in ("sft", "rl", "control"):
         assert 0.0 <= r[key]["solved"] <= 1.0 and 0.0 <= r[key]["cell_accuracy"] <= 1.0
     assert json.loads((tmp_path / "summary.json").read_text())[0]["seed"] == 0
-    assert (tmp_path / "seed0" / "rl_curves.svg").read_text().startswith("<svg")
-    assert "| seed | SFT solved |" in capsys.readouterr().out
+    assert 0.0 <= r["sft_val_accuracy"] <= 1.0
+    out = capsys.readouterr().out
+    try:
+        import matplotlib  # noqa: F401  (optional: the demo plots with it when it is there)
+        assert (tmp_path / "seed0" / "rl_curves.png").read_bytes().startswith(b"\x89PNG")
+    except ImportError:
+        assert "plot skipped: plotting needs matplotlib" in out and not (tmp_path / "seed0" / "rl_curves.png").exists()
+    assert "| seed | SFT solved |" in out
     demos = [json.loads(line) for line in open(tmp_path / "seed0" / "data" / "sft.jsonl")]
     assert all(d["answer"].startswith("<answer>") and len(d["answer"]) == 33 for d in demos)
 
