@@ -91,18 +91,27 @@ def forward_flops(cfg, rows: int, q_len: int, k_len: int, head_tokens: int) -> i
             + 2 * D * cfg.embedding_size * head_tokens)
 
 
+class TimeBoxExceeded(Exception):
+    """A gpu-report section ran past its time box (raised between model calls, never inside one)."""
+
+
 class CallCounter:
     """Counts the model's forward calls and their FLOPs (a forward pre-hook: it sees every call that goes through
-    LLaDA.forward, as the sampler, the reference and completion_logprobs do)."""
+    LLaDA.forward, as the sampler, the reference and completion_logprobs do). With `deadline` set (a
+    time.perf_counter() value), a call that starts after it raises TimeBoxExceeded: that is how gpu-report stops
+    a slow section within one model call."""
 
     def __init__(self, model: LLaDA):
         self.cfg, self.calls, self.flops = model.config, 0, 0
-        model.register_forward_pre_hook(self.hook, with_kwargs=True)
+        self.deadline = None
+        self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
 
     def reset(self):
         self.calls, self.flops = 0, 0
 
     def hook(self, module, args, kwargs):
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise TimeBoxExceeded(f"time box exceeded after {self.calls} model calls of this measurement")
         ids = args[0] if args else kwargs["input_ids"]
         B, W = ids.shape
         kv = kwargs.get("kv_cache")
@@ -212,6 +221,43 @@ def parse_mode(mode: str, threshold: float) -> tuple[str, float | None]:
     return cache, (threshold if "threshold" in parts else None)
 
 
+def sample_mode(model, batches, mode: str, steps: int, opts) -> torch.Tensor:
+    """Completions (rows, gen_length) of one sampler mode over `batches` [(row indices, ids, attention mask)].
+    Row i draws its noise from its own generator seeded from (opts.seed, i): the same in every mode, so modes
+    can be compared token by token. opts: seed, gen_length, block_length, temperature, threshold."""
+    cache, threshold = parse_mode(mode, opts.threshold)
+    outs = []
+    for idx, ids, am in batches:
+        gens = [torch.Generator(ids.device).manual_seed(opts.seed * 100003 + i) for i in idx]  # one per row
+        out = generate(model, ids, am, steps=steps, gen_length=opts.gen_length, block_length=opts.block_length,
+                       temperature=opts.temperature, generator=gens, threshold=threshold, cache=cache)
+        outs.append(out[:, -opts.gen_length:])
+    return torch.cat(outs)
+
+
+def interleaved(run, modes, steps: int, repeats: int, counter: CallCounter, device, res: dict | None = None,
+                fits=None) -> dict:
+    """Time run(mode, steps) for every mode: repeat 1 of each mode, then repeat 2, ... (so the drift of a shared
+    machine hits all modes alike). Returns {mode: dict(times=[seconds, ...], calls, flops, peak_mib, output)},
+    filled run by run into `res` when given (a time-boxed caller keeps what finished). fits(seconds) -> bool:
+    whether one more repeat, as long as the last one, may start (None: always)."""
+    res = {} if res is None else res
+    last = 0.0
+    for r in range(repeats):
+        if r and fits is not None and not fits(last):
+            break
+        t_repeat = time.perf_counter()
+        for mode in modes:
+            counter.reset()
+            reset_peak(device)
+            out, dt = timed(lambda: run(mode, steps), device)
+            entry = res.setdefault(mode, dict(times=[]))
+            entry["times"].append(dt)
+            entry.update(calls=counter.calls, flops=counter.flops, peak_mib=peak_mib(device), output=out)
+        last = time.perf_counter() - t_repeat
+    return res
+
+
 def bench_sampler(args):
     model, tokenizer, desc = build(args)
     cfg, device = model.config, args.device
@@ -244,27 +290,15 @@ def bench_sampler(args):
             g = torch.Generator(device).manual_seed(args.seed)
             return torch.cat([reference_generate(model, torch.tensor([prompts[i]], device=device), steps, G, bl, T,
                                                  generator=g)[:, -G:] for i in range(ref_rows)])
-        cache, threshold = parse_mode(mode, args.threshold)
-        outs = []
-        for idx, ids, am in batches:
-            gens = [torch.Generator(device).manual_seed(args.seed * 100003 + i) for i in idx]  # one per row
-            out = generate(model, ids, am, steps=steps, gen_length=G, block_length=bl, temperature=T,
-                           generator=gens, threshold=threshold, cache=cache)
-            outs.append(out[:, -G:])
-        return torch.cat(outs)
+        return sample_mode(model, batches, mode, steps, args)
 
     for _ in range(args.warmup):
         for mode in modes:
             run(mode, G // bl)
-    times = {m: [] for m in modes}
-    calls, flops, peak, outputs = {}, {}, {}, {}
-    for _ in range(args.repeats):
-        for mode in modes:
-            counter.reset()
-            reset_peak(device)
-            outputs[mode], dt = timed(lambda: run(mode, args.steps), device)
-            times[mode].append(dt)
-            calls[mode], flops[mode], peak[mode] = counter.calls, counter.flops, peak_mib(device)
+    res = interleaved(run, modes, args.steps, args.repeats, counter, device)
+    times = {m: res[m]["times"] for m in modes}
+    calls, flops = {m: res[m]["calls"] for m in modes}, {m: res[m]["flops"] for m in modes}
+    peak, outputs = {m: res[m]["peak_mib"] for m in modes}, {m: res[m]["output"] for m in modes}
 
     rows_of = {m: ref_rows if m == "reference" else n for m in modes}
     per_token = {m: [t / (rows_of[m] * G) for t in times[m]] for m in modes}  # seconds per completion token
@@ -305,11 +339,86 @@ def bench_sampler(args):
 # One diffu-GRPO outer step
 
 
+RL_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj")  # d1's RL adapters (diffu_grpo.py --lora-targets)
+SFT_TARGETS = ("q_proj", "k_proj", "v_proj")  # d1's SFT adapters (sft.py's default)
+
+
+def grpo_round(model, optimizer, params, args, prompt_ids, prompt_mask, counter: CallCounter, autocast, s: int,
+               steps: int, mu: int, res: dict | None = None) -> dict:
+    """One outer step as diffu_grpo.main runs it, with random rewards (the bench has no task): rollouts of the
+    (n, P) left-padded prompts (groups of args.num_generations consecutive rows), old/ref log-probs for all mu
+    masks, mu optimizer steps over micro-batches of args.micro_batch_size. Returns {"generation" | "old/ref
+    log-probs" | "updates": dict(seconds, flops, tokens, peak_mib)}, filled phase by phase into `res` when given
+    (a time-boxed caller keeps the phases that finished). args: seed, num_generations, gen_batch_size,
+    gen_length, block_length, temperature, threshold, cache, micro_batch_size, p_mask_prompt, eps, beta."""
+    res = {} if res is None else res
+    cfg, device = model.config, prompt_ids.device
+    n, P, mask_id = len(prompt_ids), prompt_ids.shape[1], cfg.mask_token_id
+    mbs = [list(range(r, min(n, r + args.micro_batch_size))) for r in range(0, n, args.micro_batch_size)]
+
+    def start():
+        counter.reset()
+        reset_peak(device)
+        sync(device)
+        return time.perf_counter()
+
+    def done(phase, t0, flops, tokens):
+        sync(device)
+        res[phase] = dict(seconds=time.perf_counter() - t0, flops=flops, tokens=tokens, peak_mib=peak_mib(device))
+
+    # 1. rollouts
+    model.eval()
+    t0 = start()
+    completions = []
+    for r in range(0, n, args.gen_batch_size):
+        gens = [example_generator(args.seed, 1, s, g) for g in range(r, min(n, r + args.gen_batch_size))]
+        with autocast:
+            out = generate(model, prompt_ids[r:r + args.gen_batch_size], prompt_mask[r:r + args.gen_batch_size],
+                           steps=steps, gen_length=args.gen_length, block_length=args.block_length,
+                           temperature=args.temperature, generator=gens, threshold=args.threshold, cache=args.cache)
+        completions.append(out[:, P:])
+    completion_ids = torch.cat(completions)  # (n, gen_length)
+    done("generation", t0, counter.flops, n * args.gen_length)
+    rewards = torch.rand(n, generator=example_generator(args.seed, 3, s))
+    advantages = group_advantages(rewards, args.num_generations).to(device)
+    cmask = completion_mask(completion_ids, cfg.eos_token_id)
+    normalizer = cmask.sum().item()
+    seeds = torch.randint(0, 2**62, (mu,), generator=example_generator(args.seed, 2, s)).tolist()
+
+    def est(k, rows):
+        return completion_logprobs(model, prompt_ids[rows], prompt_mask[rows], completion_ids[rows],
+                                   [example_generator(seeds[k], i) for i in rows], args.p_mask_prompt, mask_id)
+
+    # 2. old-policy and reference log-probs for all mu masks, no grad
+    t0 = start()
+    with torch.no_grad(), autocast:
+        old_logp = torch.stack([torch.cat([est(k, rows) for rows in mbs]) for k in range(mu)]) if mu > 1 else None
+        with lora_disabled(model):
+            ref_logp = torch.stack([torch.cat([est(k, rows) for rows in mbs]) for k in range(mu)])
+    done("old/ref log-probs", t0, counter.flops, (2 if mu > 1 else 1) * mu * n * (P + args.gen_length))
+    # 3. mu optimizer steps
+    t0 = start()
+    model.train()
+    for k in range(mu):
+        for rows in mbs:
+            with autocast:
+                logp = est(k, rows)
+            old = logp.detach() if old_logp is None else old_logp[k, rows]
+            loss, _ = grpo_loss(logp, old, ref_logp[k, rows], advantages[rows], cmask[rows], args.eps, args.beta,
+                                normalizer)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.2)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    done("updates", t0, 3 * counter.flops, mu * n * (P + args.gen_length))  # forward + backward = 3 forwards
+    model.eval()
+    return res
+
+
 def bench_grpo_step(args):
     model, _, desc = build(args)
     cfg, device = model.config, args.device
-    apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, ["q_proj", "k_proj", "v_proj", "up_proj"],
-               seed=args.seed)
+    apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, RL_TARGETS, seed=args.seed)
     model.gradient_checkpointing = args.grad_checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=3e-6, betas=(0.9, 0.99), weight_decay=0.1)
@@ -318,84 +427,23 @@ def bench_grpo_step(args):
     Gn, n = args.num_generations, args.prompts_per_step * args.num_generations
     prompts = [p for p in random_prompts(cfg, args.prompts_per_step, args.prompt_length, args.seed) for _ in range(Gn)]
     prompt_ids, prompt_mask = left_pad(prompts, cfg.pad_token_id, device)
-    P, mask_id = prompt_ids.shape[1], cfg.mask_token_id
-    mbs = [list(range(r, min(n, r + args.micro_batch_size))) for r in range(0, n, args.micro_batch_size)]
     counter = CallCounter(model)
-
-    def step(s: int, steps: int, mu: int) -> dict:
-        """One outer step as diffu_grpo.main runs it (random rewards: the bench has no task). Returns the
-        seconds and FLOPs of its three phases."""
-        res = {}
-        # 1. rollouts
-        model.eval()
-        counter.reset()
-        sync(device)
-        t0 = time.perf_counter()
-        completions = []
-        for r in range(0, n, args.gen_batch_size):
-            gens = [example_generator(args.seed, 1, s, g) for g in range(r, min(n, r + args.gen_batch_size))]
-            with autocast:
-                out = generate(model, prompt_ids[r:r + args.gen_batch_size], prompt_mask[r:r + args.gen_batch_size],
-                               steps=steps, gen_length=args.gen_length, block_length=args.block_length,
-                               temperature=args.temperature, generator=gens, threshold=args.threshold,
-                               cache=args.cache)
-            completions.append(out[:, P:])
-        completion_ids = torch.cat(completions)
-        sync(device)
-        res["generation"] = (time.perf_counter() - t0, counter.flops, n * args.gen_length)
-        rewards = torch.rand(n, generator=example_generator(args.seed, 3, s))
-        advantages = group_advantages(rewards, Gn).to(device)
-        cmask = completion_mask(completion_ids, cfg.eos_token_id)
-        normalizer = cmask.sum().item()
-        seeds = torch.randint(0, 2**62, (mu,), generator=example_generator(args.seed, 2, s)).tolist()
-
-        def est(k, rows):
-            return completion_logprobs(model, prompt_ids[rows], prompt_mask[rows], completion_ids[rows],
-                                       [example_generator(seeds[k], i) for i in rows], args.p_mask_prompt, mask_id)
-
-        # 2. old-policy and reference log-probs for all mu masks, no grad
-        counter.reset()
-        t0 = time.perf_counter()
-        with torch.no_grad(), autocast:
-            old_logp = torch.stack([torch.cat([est(k, rows) for rows in mbs]) for k in range(mu)]) if mu > 1 else None
-            with lora_disabled(model):
-                ref_logp = torch.stack([torch.cat([est(k, rows) for rows in mbs]) for k in range(mu)])
-        sync(device)
-        passes = 2 if mu > 1 else 1
-        res["old/ref log-probs"] = (time.perf_counter() - t0, counter.flops, passes * mu * n * (P + args.gen_length))
-        # 3. mu optimizer steps
-        counter.reset()
-        t0 = time.perf_counter()
-        model.train()
-        for k in range(mu):
-            for rows in mbs:
-                with autocast:
-                    logp = est(k, rows)
-                old = logp.detach() if old_logp is None else old_logp[k, rows]
-                loss, _ = grpo_loss(logp, old, ref_logp[k, rows], advantages[rows], cmask[rows], args.eps, args.beta,
-                                    normalizer)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 0.2)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        res[f"{mu} updates"] = (time.perf_counter() - t0, 3 * counter.flops, mu * n * (P + args.gen_length))
-        return res
-
-    for _ in range(args.warmup):
-        step(-1, args.gen_length // args.block_length, 1)
-    reset_peak(device)
-    runs = [step(i, args.steps, args.mu) for i in range(args.repeats)]
-    peak = peak_mib(device)
+    for _ in range(args.warmup):  # one denoising step per block, mu = 1
+        grpo_round(model, optimizer, params, args, prompt_ids, prompt_mask, counter, autocast, -1,
+                   args.gen_length // args.block_length, 1)
+    runs = [grpo_round(model, optimizer, params, args, prompt_ids, prompt_mask, counter, autocast, i, args.steps,
+                       args.mu) for i in range(args.repeats)]
+    peak = max(ph["peak_mib"] for r in runs for ph in r.values())
     phases = list(runs[0])
-    med = {ph: statistics.median(r[ph][0] for r in runs) for ph in phases}
-    total = statistics.median(sum(r[ph][0] for ph in phases) for r in runs)
+    med = {ph: statistics.median(r[ph]["seconds"] for r in runs) for ph in phases}
+    total = statistics.median(sum(r[ph]["seconds"] for ph in phases) for r in runs)
     out_rows = []
     for ph in phases:
-        _, fl, tokens = runs[0][ph]
+        fl, tokens = runs[0][ph]["flops"], runs[0][ph]["tokens"]
         mfu = fl / med[ph] / args.peak_flops if args.peak_flops else None
-        out_rows.append([ph, fmt(med[ph], ".3f"), fmt(100 * med[ph] / total, ".0f"), str(tokens),
-                         fmt(tokens / med[ph], ".0f"), fmt(None if mfu is None else 100 * mfu, ".1f")])
+        out_rows.append([f"{args.mu} updates" if ph == "updates" else ph, fmt(med[ph], ".3f"),
+                         fmt(100 * med[ph] / total, ".0f"), str(tokens), fmt(tokens / med[ph], ".0f"),
+                         fmt(None if mfu is None else 100 * mfu, ".1f")])
     out_rows.append(["outer step", fmt(total, ".3f"), "100", "-", "-", "-"])
     print(header(args, "grpo-step", desc) + f"\n{args.prompts_per_step} prompts x {Gn} = {n} completions of "
           f"{args.gen_length} tokens (prompts {max(1, 3 * args.prompt_length // 4)}-{args.prompt_length} tokens); "
@@ -411,11 +459,33 @@ def bench_grpo_step(args):
 # SFT
 
 
-def bench_sft(args):
+def sft_batch(cfg, B: int, L: int, seed: int, device) -> dict:
+    """A random SFT batch for sft.sft_loss: ids (B, L), the first 1/8 prompt (never masked), rates t (B,),
+    uniforms u (B, L); `masked` = how many positions the output head runs on."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.tensor(random_prompts(cfg, B, L, seed, min_frac=1.0)).to(device)  # (B, L)
+    answer_mask = (torch.arange(L) >= L // 8).expand(B, L).to(device)
+    t = torch.rand(B, generator=g).to(device)
+    u = torch.rand(B, L, generator=g).to(device)
+    p = 1e-3 + (1 - 1e-3) * t
+    masked = int((answer_mask & (u < p[:, None])).sum())
+    return dict(ids=ids, answer_mask=answer_mask, t=t, u=u, masked=masked)
+
+
+def sft_iteration(model, optimizer, batch: dict, autocast):
+    """sft.sft_loss + backward + AdamW step (the model in train mode)."""
     from sft import sft_loss
+    with autocast:
+        loss = sft_loss(model, batch["ids"], batch["answer_mask"], batch["t"], batch["u"], model.config.mask_token_id)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def bench_sft(args):
     model, _, desc = build(args)
     cfg, device = model.config, args.device
-    apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, ["q_proj", "k_proj", "v_proj"], seed=args.seed)
+    apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, SFT_TARGETS, seed=args.seed)
     model.gradient_checkpointing = args.grad_checkpointing
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -423,26 +493,12 @@ def bench_sft(args):
     autocast = torch.autocast("cuda", dtype=getattr(torch, args.dtype)) if torch.device(device).type == "cuda" \
         else contextlib.nullcontext()
     B, L = args.batch, args.length
-    g = torch.Generator().manual_seed(args.seed)
-    ids = torch.tensor(random_prompts(cfg, B, L, args.seed, min_frac=1.0)).to(device)  # (B, L)
-    answer_mask = (torch.arange(L) >= L // 8).expand(B, L).to(device)  # the first 1/8 is prompt (never masked)
-    t = torch.rand(B, generator=g).to(device)
-    u = torch.rand(B, L, generator=g).to(device)
-    p = 1e-3 + (1 - 1e-3) * t
-    masked = int((answer_mask & (u < p[:, None])).sum())  # the output head runs on these positions only
-    flops = 3 * forward_flops(cfg, B, L, L, masked)
-
-    def it():
-        with autocast:
-            loss = sft_loss(model, ids, answer_mask, t, u, cfg.mask_token_id)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    batch = sft_batch(cfg, B, L, args.seed, device)
+    flops = 3 * forward_flops(cfg, B, L, L, batch["masked"])  # the output head runs on the masked positions only
     for _ in range(args.warmup):
-        it()
+        sft_iteration(model, optimizer, batch, autocast)
     reset_peak(device)
-    ts = [timed(it, device)[1] for _ in range(args.repeats)]
+    ts = [timed(lambda: sft_iteration(model, optimizer, batch, autocast), device)[1] for _ in range(args.repeats)]
     dt = statistics.median(ts)
     mfu = flops / dt / args.peak_flops if args.peak_flops else None
     print(header(args, "sft", desc) + f"\nsft.sft_loss + backward + AdamW step; batch {B} x {L} random tokens "
