@@ -69,7 +69,7 @@ from pathlib import Path
 
 import torch
 
-from diffu_grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss
+from diffu_grpo import TASK_MU, TASK_STEPS, completion_logprobs, completion_mask, group_advantages, grpo_loss
 from model import (LLaDA, LoRALinear, apply_lora, example_generator, load_adapter, load_tokenizer, lora_disabled,
                    make_char_tokenizer, memory_budget, param_count, preset_config)
 from sample import generate, left_pad
@@ -543,7 +543,7 @@ def bench_sft(args):
 # GPU, micro-batch 6: 2 micro-steps per optimizer step, mu = 12); tiny: seconds on a CPU (the test suite).
 REPORT_SHAPES = {
     "llada-8b": dict(prompts=2, generations=6, prompt_length=200, gen_length=256, block_length=32, steps=128,
-                     temperature=0.9, micro_batch=6, mu=12, lora_r=128, lora_alpha=64.0, sft_length=4096,
+                     temperature=0.9, micro_batch=6, mu=TASK_MU["gsm8k"], lora_r=128, lora_alpha=64.0, sft_length=4096,
                      sft_lora_alpha=256.0, sampler_repeats=2, grpo_repeats=1, matmul=8192,
                      numerics=dict(d_model=1024, n_layers=8, n_heads=8, n_kv_heads=8, mlp_hidden_size=4096),
                      numerics_rows=8, numerics_gen=64),
@@ -551,8 +551,8 @@ REPORT_SHAPES = {
                  temperature=0.9, micro_batch=6, mu=2, lora_r=8, lora_alpha=4.0, sft_length=128, sft_lora_alpha=16.0,
                  sampler_repeats=2, grpo_repeats=1, matmul=256, numerics=dict(), numerics_rows=4, numerics_gen=16),
 }
-# d1's GSM8K run (method.md): 7700 optimizer steps at mu = 12 = 642 rollout rounds, on 8 GPUs.
-D1_GSM8K = dict(rounds=642, gpus=8)
+# d1's GSM8K run (method.md): 7700 optimizer steps at mu = 12, i.e. 642 rollout rounds, on 8 GPUs.
+D1_GSM8K = dict(rounds=math.ceil(TASK_STEPS["gsm8k"] / TASK_MU["gsm8k"]), gpus=8)
 SECTIONS = ("device", "memory", "sampler", "grpo", "numerics", "sdpa")
 SECTION_TITLES = {"device": "device and bf16 matmul throughput",
                   "memory": "memory: measured peaks beside memory_budget",
@@ -762,8 +762,10 @@ def section_memory(rep: Report, rec: dict):
     model = rep.need_model()
     cfg, S, seed, cb = model.config, rep.shape, rep.args.seed, rep.dtype.itemsize
     r, mb = S["lora_r"], S["micro_batch"]
-    rows = add_table(rec, "measured: torch.cuda.max_memory_allocated (peak since the measurement started; all "
-                     "tensors, weights included); budget: model.memory_budget (computed)" if rep.cuda else
+    rows = add_table(rec, "measured: torch.cuda.memory_allocated for the weights rows, else "
+                     "torch.cuda.max_memory_allocated (the peak of all live tensors, weights included, since the "
+                     "measurement started; PyTorch's caching allocator reserves somewhat more); budget: "
+                     "model.memory_budget for one GPU (computed)" if rep.cuda else
                      "CPU: 'measured' is the process's peak RSS so far (monotone: it includes everything before); "
                      "budget: model.memory_budget (computed)",
                      ["what", "measured", "budget (computed)", "measured / budget", "seconds"])
@@ -940,7 +942,8 @@ def grpo_tables(rep: Report, rec: dict, runs: list[dict], n: int, P: int):
     limit = R * flops / rep.matmul_flops / 3600 if rep.matmul_flops else None
     rec["data"].append(dict(projection="d1 GSM8K", rounds=R, gpus=gpus, round_seconds=total, hours=hours,
                             round_flops=flops, arithmetic_limit_hours=limit))
-    proj = add_table(rec, f"d1's GSM8K run on {gpus} GPUs: {R} rounds (7700 optimizer steps / mu {mu}), each GPU "
+    proj = add_table(rec, f"d1's GSM8K run on {gpus} GPUs: {R} rounds ({TASK_STEPS['gsm8k']} optimizer steps / mu "
+                     f"{TASK_MU['gsm8k']}), each GPU "
                      "doing the round above. Compute only: reward scoring, the gradient all-reduce, validation and "
                      "checkpoints are not included",
                      ["projection", "hours"])
