@@ -632,7 +632,10 @@ class Report:
         return time.perf_counter() + seconds <= self.deadline
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=self.dtype) if self.cuda else contextlib.nullcontext()
+        """The run's precision: bf16 weights under bf16 autocast (fp32 LoRA adapters, norms and log-softmax)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def free(self):
         """Give the memory of the last measurement back (CUDA: to the driver) and restart the peak counter."""
@@ -1235,6 +1238,9 @@ def parse_args(argv=None):
                         "tiny: a CPU smoke test of the command in seconds")
     r.add_argument("--device", default=None, help="default: the preset's (llada-8b: cuda, tiny: cpu)")
     r.add_argument("--out", default="reports", help="folder for gpu-report.json and gpu-report.md")
+    r.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="weights and autocast dtype (default: the preset's; bfloat16 on a CPU runs the GPU's "
+                        "precision path there)")
     r.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     r.add_argument("--budget", type=float, default=420.0,
                    help="total seconds; each section gets its share of the time left when it starts (see "
@@ -1248,7 +1254,8 @@ def parse_args(argv=None):
 
     preset = PRESETS[args.preset]
     if args.what == "gpu-report":
-        args.arch, args.dtype, args.model, args.adapter = preset["arch"], preset["dtype"], None, None
+        args.arch, args.model, args.adapter = preset["arch"], None, None
+        args.dtype = args.dtype or preset["dtype"]
         args.device = args.device or preset["device"]
         if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("gpu-report: no CUDA device here; the CPU smoke test is --device cpu --preset tiny")

@@ -56,6 +56,16 @@ def run_report(tmp_path, *extra) -> dict:
     return json.loads((tmp_path / "gpu-report.json").read_text())
 
 
+def test_the_gpu_precision_path_runs_on_cpu(tmp_path):
+    """bf16 weights, fp32 LoRA adapters, bf16 autocast: the path the 8B report takes on a GPU, here on a CPU."""
+    data = run_report(tmp_path, "--dtype", "bfloat16", "--sections", "memory,grpo")
+    assert data["meta"]["dtype"] == "bfloat16"
+    for name, rec in data["sections"].items():
+        assert rec["status"] == "ok", (name, rec.get("error"), rec.get("traceback"))
+    weights = data["sections"]["memory"]["data"][0]
+    assert weights["measured_bytes"] == weights["budget_bytes"]  # 2 bytes per parameter
+
+
 def test_a_failing_section_is_recorded_and_the_others_run(tmp_path, monkeypatch):
     def broken(rep, rec):
         bench.add_table(rec, "", ["what"]).append(["a figure measured before the failure"])
