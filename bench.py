@@ -827,14 +827,13 @@ def section_memory(rep: Report, rec: dict):
         for gc_on in (True, False):
             rep.check()
             model.gradient_checkpointing = gc_on
-            optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
+            optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)  # the last one's state goes with it
             rep.free()
             _, sec = timed(lambda: sft_iteration(model, optimizer, batch, rep.autocast()), rep.device)
             budget = memory_budget(cfg, 1, r, lora_targets=SFT_TARGETS, compute_bytes=cb, micro_batch=1, seq_len=L,
                                    grad_checkpointing=gc_on)
             add(f"SFT step, 1 x {L} tokens, LoRA r={r} on q/k/v, grad checkpointing {'on' if gc_on else 'off'}",
                 rep.peak_bytes(), budget["total"], sec, f"SFT step peak, {L} tokens, GC {'on' if gc_on else 'off'}")
-            del optimizer
 
 
 def section_sampler(rep: Report, rec: dict):
@@ -1135,7 +1134,7 @@ def report_markdown(data: dict) -> str:
     out.append(table(["figure", "measured", "beside it"], summary or [["(none)", "-", "-"]]))
     if failed:
         out += ["", "Sections not ok: " + "; ".join(failed) + "."]
-    for i, (name, rec) in enumerate(data["sections"].items()):
+    for name, rec in data["sections"].items():
         num = SECTIONS.index(name)
         out += ["", f"## {num}. {rec['title']}{' (CPU)' if cpu else ''}: {rec['status']} ({rec.get('seconds', '?')} s "
                 f"of a {rec['time_box_s']} s time box)"]
