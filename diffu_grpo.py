@@ -145,7 +145,8 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     u = row_uniforms(mask_gens, prompt_mask)
     noisy_prompt, _ = mask_tokens(prompt_ids, prompt_mask.bool(), p_mask_prompt, u, mask_id)
     x = torch.cat([noisy_prompt, torch.full_like(completion_ids, mask_id)], dim=1)  # (B, P + G)
-    am = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
+    # No mask when nothing is padded: SDPA then may use its flash kernel (it takes no mask)
+    am = None if bool(prompt_mask.all()) else torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
     # Through the model's forward (DDP/FSDP hooks); sliced outside it: FSDP warns when a forward returns a view.
     h = model(x, am, return_hidden=True)[:, P:]  # (B, G, D)
     head = unwrap(model).head
