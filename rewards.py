@@ -39,7 +39,8 @@ The "fixed" protocol, rule by rule (every difference from d1 is listed):
   math       Hendrycks-style normalisation (normalize_math) plus numeric equality, EXCEPT across forms: when
              the reference is a fraction (\frac{a}{b}, a/b) the answer must be that fraction in lowest terms
              (a decimal such as 0.5, or 2/4, scores 0), and a fraction never matches a decimal or integer
-             reference; MATH-500 gives a fraction where the question asks for a common fraction. An <answer>
+             reference (a fraction reference stands for a question asking for a common fraction, which the
+             verdict cannot see; value equality across forms is what the training reward keeps). An <answer>
              block without a box is the answer (d1 compares the whole completion instead). Units after a
              number ("15\mbox{ cm}^2") are dropped; no normalisation step raises (d1 falls back to raw strings).
   countdown  The boxed (or <answer>) expression with \times \cdot \div \frac mapped; "expr = 12" and
@@ -613,7 +614,8 @@ def _d1_gsm8k_boxes(text: str) -> list[str]:
             if close < 0:
                 break  # no "}" left: no more matches
         if newline < start:
-            newline = text.find("\n", start) % (len(text) + 1)  # -1 -> len(text): no newline after start
+            newline = text.find("\n", start)
+            newline = len(text) if newline < 0 else newline
         if newline < close:
             pos = at + 1  # this "\boxed{" has a newline before its "}": the regex moves on
         else:

@@ -20,6 +20,7 @@ from rewards import (COMPONENT_RANGE, D1_TASKS, PROTOCOLS, REWARD_RANGE, TASKS, 
                      countdown_value, d1_countdown_value, d1_gsm8k_target, d1_normalize, d1_sudoku_grid, eval_score,
                      eval_scores, extract_answer, gsm8k_target, last_boxed, math_equal, normalize_math, parse_sudoku,
                      parsed_answer, reward, score)
+from sandbox import extract_code
 
 DATA = Path("/work/shared/data")
 SUDOKU = ("3102200002100320", "3142243142131324")  # first row of the d1 test file: 8 blanks
@@ -730,7 +731,7 @@ TARGETS = {"gsm8k": "#### -42", "math": r"The answer is $\boxed{\frac{1}{2}}$.",
 ATOMS = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", " ", "\\boxed{", "\\boxed {", "\\fbox{",
          "{", "}", "\\frac", "\\dfrac12", "\\text{ cm}", "=", "+", "-", "*", "/", "**", "(", ")", ".", ",", "$",
          "%", "42", "-3", "1,000", "2.5", "30", "93", "100", "3142243142131324", "__import__('os')", "é", "∞",
-         "😀", "\x00", "\\", "####", "\\left(", "\\div", "\\times", "\\boxed ", "```", EOT, EOS, "\\sqrt"]
+         "😀", "\x00", "\\", "####", "\\left(", "\\div", "\\times", "\\boxed ", EOT, EOS, "\\sqrt"]
 
 
 def adversarial_strings():
@@ -796,6 +797,7 @@ def check_rewards(text):
 
 def test_never_raises_in_range_and_bounded_time():
     texts = adversarial_strings()
+    assert not any(map(extract_code, texts))  # the coding verdicts below run no program (no sandbox processes)
     start = time.process_time()  # CPU time of this process: other load on the machine does not count
     slowest = 0.0
     for text in texts:
@@ -805,7 +807,7 @@ def test_never_raises_in_range_and_bounded_time():
         slowest = max(slowest, time.process_time() - t0)
     elapsed = time.process_time() - start
     # 7 rewards + 11 verdicts + every parser per string; linear-time parsing keeps even 100 KB strings fast (the
-    # coding tasks run no program here: no string has a fenced Python block; tests/test_code_task.py covers those).
+    # coding tasks run no program here; tests/test_code_task.py covers those).
     # The bounds are ~10x what the suite measures: they catch quadratic (or worse) parsing, not slow machines.
     assert slowest < 2.0, slowest
     assert elapsed < 30.0, elapsed
