@@ -451,7 +451,7 @@ def main(argv=None):
     paths = args.data_path.split(",") if args.data_path else [None] * len(tasks)  # load_tasks checked the counts
     for task, path in zip(tasks, paths):
         if not by_task[task]:  # an empty table would look like a result
-            raise SystemExit(f"eval.py: no {task} {args.split} items in {path.strip() if path else 'the downloaded set'}"
+            raise SystemExit(f"eval.py: no {task} {args.split} items in {(path or '').strip() or 'the downloaded set'}"
                              + (" (--limit 0)" if args.limit == 0 else ""))
     tokenizer = load_tokenizer(base_of(args.model, ckpts[0]))
     if master:

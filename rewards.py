@@ -905,12 +905,12 @@ def d1_sudoku_grid(completion: str) -> str:
     digits before </answer>; P5 the first standalone 16-digit run), whitespace deleted, cut/padded to 16 with
     '0' ("" when none). Brackets, commas and the like stay and shift the cells."""
     start, end = completion.find("<answer>"), completion.find("</answer>")
-    candidates = (
+    candidates = (  # evaluated lazily, in d1's order
         lambda: _d1_sudoku_p1(completion),
         lambda: None if start < 0 else _d1_until_end_token(completion, start + len("<answer>"),
                                                            (*END_OF_TURN, "</answer>")),
-        lambda: None if end < 0 else completion[end + len("</answer>"):].partition(END_OF_TURN[0])[0]
-        .partition(END_OF_TURN[1])[0],
+        lambda: None if end < 0 else _d1_until_end_token(completion + END_OF_TURN[0], end + len("</answer>"),
+                                                         END_OF_TURN),  # or the end of the text
         lambda: _d1_sudoku_p4(completion),
         lambda: (m := _D1_STANDALONE_GRID.search(completion)) and m[1],
     )
