@@ -3,9 +3,14 @@ sets HumanEval and MBPP (sanitized, test split).
 
 d1 protocol (the defaults): the "eval" prompts (d1's evaluation system texts, which differ from its training
 prompts), chat template + the prefill `<reasoning>`, greedy decoding (temperature 0) with low-confidence
-remasking, block length 32, steps = gen_length / 2, gen lengths 128, 256 and 512, batches of 8. Verdicts come
-from rewards.eval_score (d1's "generous" parsers). Accuracy is the mean 0/1 verdict, except Sudoku: correct
-blank cells over ALL blank cells of the set (d1's micro-average, not the mean of per-puzzle fractions).
+remasking, block length 32, steps = gen_length / 2, gen lengths 128, 256 and 512, batches of 8, on d1's sets
+(Countdown: its 256-item test file; Sudoku: its 256 of 500 puzzles drawn with seed 42; data.py). Every item is
+scored under BOTH protocols of rewards.eval_score, reported side by side: "d1" replicates d1's public scorer item
+for item (quote it next to the paper's tables), "fixed" (the default, and what RL validation uses) corrects its
+quirks in both directions (rewards.py lists every rule). d1's scorer reads the completion decoded WITH special
+tokens (<|eot_id|>, <|endoftext|>; its Sudoku rules depend on them), so both decodings are stored. Accuracy is
+the mean verdict, except Sudoku: correct blank cells over ALL blank cells of the set (d1's micro-average, not the
+mean of per-puzzle fractions), under both protocols.
 Coding (--task humaneval,mbpp; "code" = KodCode, for --split val): pass@1 of the greedy completion, i.e. the
 mean 0/1 verdict of sandbox.pass_at_1 (the extracted program passes all of the problem's tests in one sandboxed
 process); the sandboxes of a batch run in parallel (rewards.CODE_WORKERS). Our prompt (data.CODE_SYSTEM; d1
@@ -23,9 +28,11 @@ Sampling noise comes from one generator per item keyed on (seed, item index), ne
 batch, so sharding over N processes gives the same samples as one process.
 
 Outputs in --out-dir: generations.jsonl (one record per item: id, task, checkpoint, gen_length, seed, prompt,
-completion, parsed answer, target, score), results.json and results.md (accuracy per checkpoint, task and
-length, with the number of items and the wall time). `--rescore` re-scores a generations file with the
-current parsers without loading any model.
+completion (special tokens skipped), raw_completion (special tokens kept), target, and per protocol what the
+scorer read and its verdict: parsed/score (fixed), parsed_d1/score_d1 (d1; None for coding tasks, which d1 never
+scored)), results.json and results.md (accuracy under both protocols per checkpoint, task and length, with the
+number of items and the wall time). `--rescore` re-scores a generations file with the current parsers without
+loading any model (records written before raw_completion existed get no d1 verdict).
 
 CPU (tiny smoke test):  python eval.py --model CKPT --task sudoku --style compact --data-path s.csv --gen-length 16 --block-length 8 --limit 8
 Coding (tiny, offline): python eval.py --model CKPT --task humaneval,mbpp --data-path h.jsonl,m.jsonl --gen-length 16 --block-length 8 --limit 2
@@ -54,79 +61,110 @@ from tqdm import tqdm
 
 from data import EVAL_PREFILL, STYLES, format_prompt, load_tasks
 from model import LLaDA, adapter_base, example_generator, load_adapter, load_tokenizer
-
-DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"
-from rewards import eval_scores, parsed_answer
+from rewards import D1_TASKS, eval_score, eval_scores, parsed_answer
 from sample import generate, left_pad
 
+DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"
 DEFAULT_OUT = "out/eval"
+PROTOCOLS = {"accuracy": "fixed: rewards.eval_score(protocol='fixed'), d1's scorer with its quirks corrected",
+             "accuracy_d1": "d1: rewards.eval_score(protocol='d1'), d1's public scorer replicated item for item"}
 
 # -----------------------------------------------------------------------------
 # Scoring (no model needed)
 
 
 def score_records(records: list[dict]) -> list[dict]:
-    """(Re)compute "parsed" and "score" of each record from its completion and target, in place. Records are
-    scored task by task: coding verdicts run their sandboxes in parallel."""
+    """(Re)compute each record's verdicts from its completion and target, in place: "parsed"/"score" under the
+    fixed protocol and "parsed_d1"/"score_d1" under d1's (None where d1 has no scorer, or when the record lacks
+    raw_completion: d1's rules need the special tokens). The fixed protocol reads raw_completion too when it is
+    there (it stops at the end of the turn, so both decodings agree). Records are scored task by task: coding
+    verdicts run their sandboxes in parallel."""
     by_task = defaultdict(list)
     for r in records:
         by_task[r["task"]].append(r)
-        r["parsed"] = parsed_answer(r["task"], r["completion"])
     for task, rs in by_task.items():
         # JSON turns tuples into lists (Countdown, Sudoku); coding targets are dicts and come back unchanged
         targets = [tuple(r["target"]) if isinstance(r["target"], list) else r["target"] for r in rs]
-        for r, verdict in zip(rs, eval_scores(task, [r["completion"] for r in rs], targets)):
-            r["score"] = verdict
+        texts = [r.get("raw_completion", r["completion"]) for r in rs]
+        for r, text, verdict in zip(rs, texts, eval_scores(task, texts, targets)):
+            r["parsed"], r["score"] = parsed_answer(task, text), verdict
+        for r, target in zip(rs, targets):
+            raw = r.get("raw_completion") if task in D1_TASKS else None
+            r["parsed_d1"] = None if raw is None else parsed_answer(task, raw, "d1")
+            r["score_d1"] = None if raw is None else eval_score(task, raw, target, "d1")
     return records
 
 
-def sudoku_cells(record: dict) -> tuple[int, int]:
-    """(correct blank cells, blank cells) of a scored Sudoku record; its score is correct / blanks."""
+def sudoku_cells(record: dict, key: str = "score") -> tuple[int, int]:
+    """(correct blank cells, blank cells) of a scored Sudoku record; record[key] is correct / blanks."""
     blanks = str(record["target"][0])[:16].count("0")
-    return round(record["score"] * blanks), blanks
+    return round(record[key] * blanks), blanks
 
 
-def accuracy(records: list[dict]) -> float:
-    """Mean verdict; Sudoku: d1's micro-average, correct blank cells over all blank cells of the set."""
+def accuracy(records: list[dict], key: str = "score") -> float | None:
+    """Mean of record[key] ("score": fixed protocol, "score_d1": d1's); Sudoku: d1's micro-average, correct blank
+    cells over all blank cells of the set. None when a record has no verdict under that protocol."""
     if not records:
         return float("nan")
+    if any(r.get(key) is None for r in records):
+        return None
     if records[0]["task"] == "sudoku":
-        correct, blanks = map(sum, zip(*(sudoku_cells(r) for r in records)))
+        correct, blanks = map(sum, zip(*(sudoku_cells(r, key) for r in records)))
         return correct / blanks if blanks else 0.0
-    return sum(r["score"] for r in records) / len(records)
+    return sum(r[key] for r in records) / len(records)
+
+
+def _over_seeds(by_seed: dict[int, list[dict]], key: str) -> tuple:
+    """(mean, sample std (0 for one seed), {seed: accuracy}) of accuracy(records, key) over seeds; all None when a
+    seed has no verdict under that protocol."""
+    per_seed = {str(seed): accuracy(rs, key) for seed, rs in by_seed.items()}
+    accs = list(per_seed.values())
+    if None in accs:
+        return None, None, None
+    return sum(accs) / len(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0, per_seed
 
 
 def summarize(records: list[dict]) -> dict:
-    """{task: {gen_length: {accuracy, std, n, seeds, per_seed, wall_s}}}: accuracy in [0, 1], the mean over
-    seeds; std the sample standard deviation over seeds (0 for one seed); wall_s summed over seeds."""
+    """{task: {gen_length: {accuracy, std, n, seeds, per_seed, wall_s, accuracy_d1, std_d1, per_seed_d1}}}:
+    accuracy (fixed protocol) in [0, 1], the mean over seeds; std the sample standard deviation over seeds (0 for
+    one seed); wall_s summed over seeds; the *_d1 entries are the same under d1's protocol (None without one)."""
     groups = defaultdict(lambda: defaultdict(list))  # (task, gen_length) -> seed -> records
     for r in records:
         groups[(r["task"], r["gen_length"])][r["seed"]].append(r)
     out = {}
     for (task, length), by_seed in groups.items():
-        per_seed = {seed: accuracy(rs) for seed, rs in by_seed.items()}
-        accs = list(per_seed.values())
+        acc, std, per_seed = _over_seeds(by_seed, "score")
+        acc_d1, std_d1, per_seed_d1 = _over_seeds(by_seed, "score_d1")
         out.setdefault(task, {})[length] = {
-            "accuracy": sum(accs) / len(accs),
-            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "accuracy": acc, "std": std,
             "n": max(len(rs) for rs in by_seed.values()),
-            "seeds": list(per_seed),
-            "per_seed": {str(s): a for s, a in per_seed.items()},
+            "seeds": list(by_seed),
+            "per_seed": per_seed,
             "wall_s": sum(rs[0].get("wall_s") or 0.0 for rs in by_seed.values()),
+            "accuracy_d1": acc_d1, "std_d1": std_d1, "per_seed_d1": per_seed_d1,
         }
     return out
 
 
+def _percent(accuracy: float | None, std: float | None, seeds: int) -> str:
+    if accuracy is None:
+        return "-"
+    return f"{100 * accuracy:.2f}" + (f" ± {100 * std:.2f}" if seeds > 1 else "")
+
+
 def format_table(results: dict[str, dict], marks: dict[str, str] | None = None) -> str:
-    """Markdown table, one row per (checkpoint, task, gen_length). results: {checkpoint: summarize(...)}."""
-    lines = ["| checkpoint | task | gen length | accuracy (%) | std | items | seeds | wall (s) |",
+    """Markdown table, one row per (checkpoint, task, gen_length), the fixed and d1 protocols side by side (mean ±
+    std over seeds when there are several; "-" where d1 has no verdict). results: {checkpoint: summarize(...)}."""
+    lines = ["| checkpoint | task | gen length | fixed (%) | d1 (%) | items | seeds | wall (s) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for ckpt, summary in results.items():
         name = ckpt + (f" ({marks[ckpt]})" if marks and marks.get(ckpt) else "")
         for task, by_len in summary.items():
             for length, row in by_len.items():
-                lines.append(f"| {name} | {task} | {length} | {100 * row['accuracy']:.2f} | {100 * row['std']:.2f} "
-                             f"| {row['n']} | {len(row['seeds'])} | {row['wall_s']:.1f} |")
+                seeds = len(row["seeds"])
+                lines.append(f"| {name} | {task} | {length} | {_percent(row['accuracy'], row['std'], seeds)} "
+                             f"| {_percent(row.get('accuracy_d1'), row.get('std_d1'), seeds)} | {row['n']} | {seeds} "
+                             f"| {row['wall_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -140,7 +178,7 @@ def write_results(out_dir: Path, results: dict, marks: dict, extra: dict) -> str
     table = format_table(results, marks)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "results.json", "w") as f:
-        json.dump({**extra, "marks": marks, "results": results}, f, indent=2)
+        json.dump({**extra, "protocols": PROTOCOLS, "marks": marks, "results": results}, f, indent=2)
     with open(out_dir / "results.md", "w") as f:
         f.write(table + "\n")
     return table
@@ -188,11 +226,13 @@ def evaluate(model, tokenizer, examples: list[dict], gen_length: int, block_leng
         out = generate(model, x, mask, steps=steps, gen_length=gen_length,
                        block_length=block_length, temperature=temperature, threshold=threshold,
                        generator=[example_generator(seed, i) for i in batch])  # keyed on the item; (B, P + gen_length)
-        texts = tokenizer.batch_decode(out[:, P:].cpu(), skip_special_tokens=True)
-        for i, text in zip(batch, texts):
+        completion_ids = out[:, P:].cpu()  # (B, gen_length)
+        texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        raws = tokenizer.batch_decode(completion_ids, skip_special_tokens=False)  # as d1 decoded: its scorer needs them
+        for i, text, raw in zip(batch, texts, raws):
             ex = examples[i]
             records.append({"index": i, "id": ex["id"], "task": ex["task"], "gen_length": gen_length, "seed": seed,
-                            "prompt": prompts[i], "completion": text, "target": ex["target"]})
+                            "prompt": prompts[i], "completion": text, "raw_completion": raw, "target": ex["target"]})
         bar.update(len(batch))
     bar.close()
     model.train(was_training)
@@ -278,7 +318,15 @@ def ints(s: str) -> list[int]:
 
 def rescore(path: Path, out_dir: Path):
     """Re-score a generations file with the current parsers (no model) and rewrite it with the new verdicts."""
+    if not path.is_file():
+        raise SystemExit(f"eval.py: {path}: no such generations file")
     records = score_records(read_jsonl(path))
+    if not records:
+        raise SystemExit(f"eval.py: {path} holds no generation records: nothing to rescore")
+    no_raw = sum(r["task"] in D1_TASKS and r["score_d1"] is None for r in records)
+    if no_raw:
+        print(f"{no_raw} records have no raw_completion (written before eval.py kept special tokens): no d1 verdict "
+              f"for them, their rows show '-' under d1")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "generations.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -340,7 +388,7 @@ def main(argv=None):
                    f"{DEFAULT_OUT}; with --rescore FILE: FILE's folder)")
     p.add_argument("--rescore", nargs="?", const="", default=None, metavar="FILE",
                    help="re-score a generations JSONL (no FILE: OUT_DIR/generations.jsonl) with the current parsers, "
-                        "without loading a model; rewrites its parsed answers and scores")
+                        "both protocols, without loading a model; rewrites its parsed answers and scores")
     args = p.parse_args(argv)
 
     if args.rescore is not None:  # no model, no process group: parse and score the stored completions again
@@ -395,11 +443,17 @@ def main(argv=None):
         ckpts, marks = [Path(args.adapter) if args.adapter else None], {}
         labels = [args.adapter or args.model or DEFAULT_MODEL]
 
-    tokenizer = load_tokenizer(base_of(args.model, ckpts[0]))
     examples = load_tasks(args.task, args.split, args.data_path, args.style, args.limit)
     by_task = defaultdict(list)
     for ex in examples:
         by_task[ex["task"]].append(ex)
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    paths = args.data_path.split(",") if args.data_path else [None] * len(tasks)  # load_tasks checked the counts
+    for task, path in zip(tasks, paths):
+        if not by_task[task]:  # an empty table would look like a result
+            raise SystemExit(f"eval.py: no {task} {args.split} items in {(path or '').strip() or 'the downloaded set'}"
+                             + (" (--limit 0)" if args.limit == 0 else ""))
+    tokenizer = load_tokenizer(base_of(args.model, ckpts[0]))
     if master:
         for task, exs in by_task.items():
             print(f"{task}: {len(exs)} items, {math.ceil(len(exs) / world)} per process ({world} processes), "
@@ -428,8 +482,9 @@ def main(argv=None):
                     with open(out_dir / "generations.jsonl", "a", encoding="utf-8") as f:
                         f.writelines(json.dumps(r) + "\n" for r in records)
                     all_records += records
-                    print(f"{label} {task} L={L} seed={seed}: {100 * accuracy(records):.2f}% of {len(records)} "
-                          f"items in {wall:.0f}s")
+                    d1 = accuracy(records, "score_d1")
+                    print(f"{label} {task} L={L} seed={seed}: {100 * accuracy(records):.2f}% fixed, "
+                          + ("-" if d1 is None else f"{100 * d1:.2f}%") + f" d1, of {len(records)} items in {wall:.0f}s")
         del model
 
     if master:
