@@ -540,6 +540,9 @@ def load_task(task: str, split: str, path=None, style: str = "rl", limit: int | 
             items = [it for it in items if countdown_key(*it[2]) not in test_keys]
             _log(f"countdown {split}: removed {n - len(items)} of {n} items that equal a test item "
                  f"(numbers as a multiset and target); {len(items)} left")
+    elif task == "math":  # d1 scored MATH-500 against its `answer` field, not the solution's last \boxed{}
+        items = [(i, f, rows[i]["answer"].strip() if isinstance(rows[i].get("answer"), str)
+                  and rows[i]["answer"].strip() else t) for i, f, t in items]
     elif task == "sudoku":
         if len(items) == 500:
             items = [items[j] for j in sudoku_test_indices()]

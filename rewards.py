@@ -13,8 +13,10 @@ Training rewards and evaluation verdicts read completions differently, on purpos
     we reproduce learns from exactly that signal: they read the last closed <answer>...</answer> block and pay
     for the format (GSM8K's format, integer and xml-count terms, MATH's format term). GSM8K compares the
     <answer> text itself; MATH takes the last \boxed{} anywhere, else the <answer> text, and compares values
-    (0.5 == \frac{1}{2}); Countdown needs a closed block without "=" (unary minus allowed, d1's training
-    reward evaluated Python); Sudoku reads the digits of the last closed block.
+    (0.5 == \frac{1}{2}); Countdown needs a closed block without "=" and uses + - * / and parentheses on the
+    given numbers only (d1's training reward ran Python's eval: "**", "//" and unary minus passed, and a power
+    tower hung training; tasks.md's rule, the same as the fixed verdict's); Sudoku reads the digits of the last
+    closed block.
   * Evaluation verdicts judge the answer the model GAVE AS ITS ANSWER, and nothing else: no format credit, no
     number fished out of the reasoning, no credit for hedging. Two protocols:
     - protocol="d1" replicates d1's public evaluation scorer (eval/parse_and_get_acc.py @837888f, described in
@@ -95,7 +97,7 @@ Deliberate fixes of the public d1 training rewards (each changes its numbers):
      the 0.125 its tag earns (and d1's +0.001 for an empty tail is dropped), so xml_count is in [0, 0.5];
      short completions score as in d1.
   5. Countdown: d1 ran Python eval() on the answer (a ``9**9**9**9`` hangs training). countdown_value
-     parses with ast and evaluates only + - * /, unary minus and parentheses on short numeric literals.
+     parses with ast and evaluates only + - * / and parentheses on short numeric literals (no unary minus).
 Smaller deviations: the strict format accepts a completion that ends right at </answer> (d1 required a
 trailing newline, which completions decoded without their EOS never have); Countdown answers with a decimal
 point are rejected (they would let a model glue given numbers, 3.5 from 3 and 5); brace matching is one
@@ -377,30 +379,27 @@ _BINARY_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.
 
 
 class _NotArithmetic(ValueError):
-    """The expression has a node other than a number, + - * /, or (when allowed) unary minus."""
+    """The expression has a node other than a number or + - * /."""
 
 
-def _arith(node: ast.AST, depth: int, unary_minus: bool) -> float:
+def _arith(node: ast.AST, depth: int) -> float:
     if depth > _MAX_DEPTH:
         raise _NotArithmetic("too deep")
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return float(node.value)  # floats throughout: no big-integer blow-up, overflow becomes inf
-    if unary_minus and isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_arith(node.operand, depth + 1, unary_minus)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:  # ** // % are not in the table
-        return _BINARY_OPS[type(node.op)](_arith(node.left, depth + 1, unary_minus),
-                                          _arith(node.right, depth + 1, unary_minus))
+        return _BINARY_OPS[type(node.op)](_arith(node.left, depth + 1), _arith(node.right, depth + 1))
     raise _NotArithmetic(type(node).__name__)
 
 
-def countdown_value(expr: str, unary_minus: bool = True) -> float | None:
-    """Value of an arithmetic expression of + - * /, unary minus (unless unary_minus=False) and parentheses on
-    numbers, or None when it is anything else, too long, divides by zero or is not finite. Never runs the text
+def countdown_value(expr: str) -> float | None:
+    """Value of an arithmetic expression of + - * / and parentheses on numbers (no unary minus: a given number
+    is used as given), or None when it is anything else, too long, divides by zero or is not finite. Never runs the text
     as code (fix 5)."""
     if len(expr) > _MAX_EXPR_CHARS or not _ARITH_CHARS.fullmatch(expr) or _LONG_LITERAL.search(expr):
         return None
     try:  # newlines inside an answer are layout, not syntax: parse the expression on one line
-        value = _arith(ast.parse(" ".join(expr.split()), mode="eval").body, 0, unary_minus)
+        value = _arith(ast.parse(" ".join(expr.split()), mode="eval").body, 0)
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError, MemoryError):
         return None  # ValueError includes _NotArithmetic
     return value if math.isfinite(value) else None
@@ -411,11 +410,11 @@ def countdown_numbers(expr: str) -> list[int]:
     return [int(run) for run in re.findall(r"\d+", expr) if len(run) <= 18]
 
 
-def _countdown_correct(expr: str, numbers, goal, unary_minus: bool = True) -> bool:
+def _countdown_correct(expr: str, numbers, goal) -> bool:
     """expr uses exactly the given numbers (as a multiset, no decimal points) and hits the goal within 1e-5."""
     if "." in expr or sorted(countdown_numbers(expr)) != sorted(int(n) for n in numbers):
         return False
-    value = countdown_value(expr, unary_minus)
+    value = countdown_value(expr)
     return value is not None and abs(value - float(goal)) < 1e-5
 
 
@@ -553,7 +552,7 @@ def countdown_eval(completion: str, target) -> float:
     unary minus) and evaluates to the goal."""
     numbers, goal = target
     answers = countdown_answers(completion)
-    return 1.0 if answers and all(_countdown_correct(a, numbers, goal, unary_minus=False) for a in answers) else 0.0
+    return 1.0 if answers and all(_countdown_correct(a, numbers, goal) for a in answers) else 0.0
 
 
 def _has_digit(text: str) -> bool:

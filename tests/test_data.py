@@ -342,3 +342,12 @@ def test_s1k_and_sft_file(tmp_path):
     assert sft == [{"id": "sft/mine/0", "prompt": "p", "answer": "a"}]
     with pytest.raises(ValueError, match="row 1.*'answer'"):
         data.load_sft_file(write_jsonl(tmp_path / "m2.jsonl", [{"prompt": "p"}]))
+
+
+def test_math_test_target_is_the_answer_field(tmp_path):
+    """MATH-500 rows carry both: the test target is `answer` (what d1 scored against), training keeps the
+    solution (the reward takes its last box)."""
+    rows = [{"problem": "Simplify 2/4.", "solution": "Halve: $\\boxed{\\frac{2}{4}} = \\frac12$", "answer": "\\frac{1}{2}"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 20))
+    assert data.load_task("math", "test", tmp_path / "m.jsonl")[0]["target"] == "\\frac{1}{2}"
+    assert data.load_task("math", "train", tmp_path / "m.jsonl")[0]["target"].startswith("Halve")

@@ -497,7 +497,8 @@ def test_training_reward_is_not_the_evaluation_verdict():
     half = r"We get $\boxed{\frac{1}{2}}$."
     assert reward("math", "<answer>0.5</answer>", half)["correctness"] == 2.0  # training: values compare
     assert eval_score("math", "<answer>0.5</answer>", half) == 0.0  # fixed verdict: the fraction policy
-    assert reward("countdown", done(A("-30 + 100 - 93 + 46")), [[30, 100, 93, 46], 23])["total"] == 1.0
+    # both refuse unary minus (tasks.md: + - * / and parentheses on the given numbers); d1's eval() took it
+    assert reward("countdown", done(A("-30 + 100 - 93 + 46")), [[30, 100, 93, 46], 23])["total"] == 0.1
     assert eval_score("countdown", done(A("-30 + 100 - 93 + 46")), [[30, 100, 93, 46], 23]) == 0.0
     unclosed = R + "<answer>\n" + PS[1]
     assert reward("sudoku", unclosed, PS)["total"] == 0.0 and eval_score("sudoku", unclosed, PS) == 1.0
@@ -564,14 +565,14 @@ def test_math_reward_and_eval():
 
 @pytest.mark.parametrize("expr, value", [
     ("30+93-100", 23.0), ("2*4-3", 5.0), (" (83 - 75) + 18 ", 26.0), ("8/(3-3/8)", 8 / (3 - 3 / 8)),
-    ("-(-3)", 3.0), ("2*3+4", 10.0), ("2*(3+4)", 14.0), ("7/2", 3.5), ("1.5*2", 3.0),
+    ("2*3+4", 10.0), ("2*(3+4)", 14.0), ("7/2", 3.5), ("1.5*2", 3.0),
 ])
 def test_countdown_value_valid(expr, value):
     assert countdown_value(expr) == pytest.approx(value)
 
 
 @pytest.mark.parametrize("expr", [
-    "1/0", "5/(3-3)", "9**9**9**9", "2**3", "7//2", "7%2", "__import__('os').system('x')", "x+1", "abs(-3)",
+    "-(-3)", "1/0", "5/(3-3)", "9**9**9**9", "2**3", "7//2", "7%2", "__import__('os').system('x')", "x+1", "abs(-3)",
     "'3'", "1<2", "(1,2)", "()", "", "1 2", "(1)(2)", "1e5", "12345678901+1", "1_000", "0x10", "2+" * 100 + "2",
     "(" * 10000 + "1" + ")" * 10000, "1 if 1 else 2", "[1][0]", "+3",
 ])
@@ -580,8 +581,10 @@ def test_countdown_value_invalid(expr):
 
 
 def test_countdown_value_without_unary_minus():
-    assert countdown_value("-3 + 5") == 2.0 and countdown_value("-3 + 5", unary_minus=False) is None
-    assert countdown_value("5 - 3", unary_minus=False) == 2.0
+    assert countdown_value("-3 + 5") is None and countdown_value("(3 + 5)") == 8.0
+    assert countdown_value("5 - 3") == 2.0
+    # the training reward follows tasks.md's rule (+ - * / and parentheses on the given numbers), as the verdict
+    assert reward("countdown", "<answer>-3 + 5 + 7</answer>", ([3, 5, 7], 9))["correctness"] == 0.1
 
 
 def test_countdown_numbers():
