@@ -39,11 +39,13 @@ involved equals a fresh object() (an "always equal" __eq__). What the harness ca
 runs in its process: code written against this harness that digs the token out of the interpreter's memory, or
 patches what the tests call; see README.md.
 """
+import argparse
 import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -53,6 +55,7 @@ import secrets
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -731,3 +734,42 @@ def pass_at_1(completion: str, tests: list[str], **limits) -> float:
     if code is None:
         return 0.0
     return float(grade(code, tests, **limits)[0])
+
+
+# ----------------------------------------------------------------------------- start-up cost
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Say which backend runs here and time each one: wall-clock "
+                                                 "milliseconds per run of a trivial program and per pass@1 verdict.")
+    parser.add_argument("--runs", type=int, default=30, help="runs of each kind per backend, interleaved")
+    parser.add_argument("--compare", metavar="FILE", help="also time run_python and pass_at_1 of another "
+                        "sandbox.py (e.g. an older commit's, from `git show`), interleaved with ours")
+    args = parser.parse_args(argv)
+    print(f"default backend: {default_backend()}; bwrap: {bwrap_problem() or 'runs here'}")
+    runners = {name: (functools.partial(run_python, backend=name), functools.partial(pass_at_1, backend=name))
+               for name in ("bwrap", "rlimit") if name == "rlimit" or bwrap_problem() is None}
+    if args.compare:
+        spec = importlib.util.spec_from_file_location("sandbox_compared", args.compare)
+        other = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(other)
+        runners[args.compare] = (other.run_python, other.pass_at_1)
+    completion, tests = "```python\ndef f():\n    return 1\n```", ["assert f() == 1"]
+    kinds = {"trivial program": lambda run, verdict: run("pass").passed,
+             "pass@1 verdict": lambda run, verdict: verdict(completion, tests) == 1.0}
+    seconds = {(name, kind): [] for name in runners for kind in kinds}
+    for _ in range(args.runs + 1):  # the first round warms up (bwrap's probe, imports): not counted
+        for name, (run, verdict) in runners.items():
+            for kind, call in kinds.items():
+                start = time.perf_counter()
+                if not call(run, verdict):
+                    raise RuntimeError(f"{name}: a {kind} failed")
+                seconds[name, kind].append(time.perf_counter() - start)
+    print("| sandbox | " + " | ".join(f"{kind} (ms per run, median)" for kind in kinds) + " |")
+    print("|---" * (len(kinds) + 1) + "|")
+    for name in runners:
+        print(f"| {name} | " + " | ".join(f"{statistics.median(seconds[name, kind][1:]) * 1000:.0f}" for kind in kinds)
+              + " |")
+
+
+if __name__ == "__main__":
+    main()
