@@ -432,7 +432,7 @@ def test_secrets_are_unreadable_and_cannot_be_exfiltrated(isolated, tmp_path):
         attempts = {
             "secret": f"open({str(secret)!r}).read()",
             "shadow": "open('/etc/shadow').read()",
-            "home": "os.listdir(os.path.expanduser('~'))",
+            "home": f"os.listdir({os.path.expanduser('~')!r})",
             "root": "os.listdir('/root')",
             "project": f"os.listdir({PROJECT!r})",
             "socket": f"s = socket.socket(socket.AF_UNIX); s.connect({str(tmp_path / 's.sock')!r}); s.send(b'x')",
@@ -440,15 +440,19 @@ def test_secrets_are_unreadable_and_cannot_be_exfiltrated(isolated, tmp_path):
             "drop": f"open({dropped!r}, 'w').write('leak'); os.chmod({dropped!r}, 0o666)",
         }
         source = "import os, socket\nout = {}\n" + "".join(
-            f"try:\n    r = {code}\n    out[{name!r}] = repr(r)[:200]\nexcept Exception as e:\n"
+            f"try:\n    r = {code}\n    out[{name!r}] = r if isinstance(r, list) else repr(r)[:200]\n"
+            "except Exception as e:\n"
             f"    out[{name!r}] = 'failed: ' + type(e).__name__\n" for name, code in attempts.items())
         r = run_python(source + "print(__import__('json').dumps(out))\n", backend=isolated)
         assert r.passed, r.stderr
         out = json.loads(r.stdout)
-        for name in ("secret", "shadow", "project", "socket", "abstract"):
-            assert out[name].startswith("failed"), (name, out[name])
-        assert out["home"].startswith("failed") or out["home"] == "[]"
-        assert out["root"].startswith("failed") or out["root"] in ("[]", "['.pyenv']")  # only the bound interpreter
+        failed = {name for name, value in out.items() if str(value).startswith("failed")}
+        assert {"secret", "shadow", "project", "socket", "abstract"} <= failed, out
+        # the home folder and /root exist in the sandbox only on the way to a bound Python installation
+        on_the_way = {os.path.relpath(p, home).split("/")[0] for home in [os.path.expanduser("~"), "/root"]
+                      for p in sandbox._python_dirs() if p.startswith(home + "/")}
+        for name in ("home", "root"):
+            assert name in failed or set(out[name]) <= on_the_way, (name, out[name])
         assert secret.read_text() not in r.stdout + r.stderr
         for server in (path_server, abstract_server):
             with pytest.raises(BlockingIOError):  # nobody connected
@@ -533,6 +537,7 @@ REWARD_HACKS = {  # each would get full reward from a harness that appends tests
         "c.decode('latin-1')):\n            found.add(c if isinstance(c, bytes) else c.encode())\n"
         "for token in found:\n    os.write(2, token)\nos._exit(0)\n"),
     "os._exit(0) when called": "import os\ndef add(a, b):\n    os._exit(0)\n",
+    "SkipTest when called": "import unittest\ndef add(a, b):\n    raise unittest.SkipTest('skip')\n",
     "always-equal object": "class Anything:\n    def __eq__(self, other):\n        return True\n"
                            "def add(a, b):\n    return Anything()\n",
     "unittest.mock.ANY": "from unittest.mock import ANY\ndef add(a, b):\n    return ANY\n",
