@@ -92,10 +92,20 @@ def kodcode_row(i: int, test: str = KODCODE_TEST) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def best_backend(monkeypatch):
+def sandbox_runs(monkeypatch):
     """Verdicts run in the isolated sandbox where this machine has bwrap, else in the rlimit fallback (as root the
-    default would refuse to run without bwrap; tests/test_sandbox.py skips its isolation tests then, saying why)."""
+    default would refuse to run without bwrap; tests/test_sandbox.py skips its isolation tests then, saying why),
+    with a generous timeout: these tests check verdicts, not the 5 s limit, which a loaded machine can reach with
+    any program. Returns the list of every run's Result."""
     monkeypatch.setenv("D1_SANDBOX", "bwrap" if sandbox.bwrap_problem() is None else "rlimit")
+    runs, real_run = [], sandbox._run
+
+    def run_with_a_generous_timeout(*args, **kwargs):
+        runs.append(real_run(*args, **{**kwargs, "timeout": 30}))
+        return runs[-1]
+
+    monkeypatch.setattr(sandbox, "_run", run_with_a_generous_timeout)
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +185,7 @@ def test_batch_with_an_attacker_scores_the_others_in_full():
     assert out["total"] == pytest.approx([0.1, 1.1, 1.1, 1.1])
 
 
-def test_odd_completions_never_raise_or_hang(monkeypatch):
-    runs, real_run = [], sandbox._run
-    monkeypatch.setattr(sandbox, "_run", lambda *args, **kwargs: runs.append(real_run(*args, **kwargs)) or runs[-1])
+def test_odd_completions_never_raise_or_hang(sandbox_runs):
     target = {"tests": ["assert f(1) == 2"]}
     big = 100_000
     for text in ["", "```", "```python\n", "<answer>```python\n```</answer>", "```python\n\udcff\n```",
@@ -188,7 +196,7 @@ def test_odd_completions_never_raise_or_hang(monkeypatch):
             assert 0.0 <= r["correctness"] <= 1.0 and r["format"] in (0.0, sandbox.FORMAT_BONUS)
             assert R.eval_score(task, text, target) in (0.0, 1.0)
             assert isinstance(R.parsed_answer(task, text), str)
-    assert runs and not any(run.timed_out for run in runs)  # every sandbox run ended on its own, none hung
+    assert sandbox_runs and not any(run.timed_out for run in sandbox_runs)  # each ended on its own: none hung
     assert R.reward("code", "<answer>" * (big // 8), target)["total"] == 0.0  # no complete <answer> and no fence: nothing to run
     with pytest.raises(ValueError, match="tests"):
         R.reward("code", "x", ["assert True"])  # a malformed target is the caller's bug

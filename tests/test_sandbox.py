@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sandbox  # noqa: E402
 from sandbox import code_reward, extract_code, grade, pass_at_1, run_python, run_tests  # noqa: E402
 
+T = 30  # the timeout of runs that must end on their own: generous, since a loaded machine slows every run
 HANG = 60.0  # seconds on top of a timeout before a run counts as hung (never reached by a working sandbox)
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,7 +111,7 @@ def background(tag: str) -> str:
 
 
 def own_network_namespace(backend: str) -> bool:
-    r = run_python("import os\nprint(os.readlink('/proc/self/ns/net'))", backend=backend)
+    r = run_python("import os\nprint(os.readlink('/proc/self/ns/net'))", timeout=T, backend=backend)
     return r.passed and r.stdout.strip() != os.readlink("/proc/self/ns/net")
 
 
@@ -131,34 +132,34 @@ ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(10, 
 
 def test_correct_wrong_and_broken_solutions():
     good = answer("def add(a, b):\n    return a + b")
-    assert code_reward(good, ADD_TESTS, timeout=3) == {"correctness": 1.0, "format": 0.1, "total": 1.1}
-    assert pass_at_1(good, ADD_TESTS, timeout=3) == 1.0
+    assert code_reward(good, ADD_TESTS, timeout=T) == {"correctness": 1.0, "format": 0.1, "total": 1.1}
+    assert pass_at_1(good, ADD_TESTS, timeout=T) == 1.0
     outside = "```python\ndef add(a, b):\n    return a + b\n```"  # correct but not inside <answer>
-    assert code_reward(outside, ADD_TESTS, timeout=3) == {"correctness": 1.0, "format": 0.0, "total": 1.0}
+    assert code_reward(outside, ADD_TESTS, timeout=T) == {"correctness": 1.0, "format": 0.0, "total": 1.0}
 
     half = answer("def add(a, b):\n    return 3 if a == 1 else 0")  # passes 2 of 3
-    assert code_reward(half, ADD_TESTS, timeout=3)["correctness"] == pytest.approx(2 / 3)
-    assert pass_at_1(half, ADD_TESTS, timeout=3) == 0.0
+    assert code_reward(half, ADD_TESTS, timeout=T)["correctness"] == pytest.approx(2 / 3)
+    assert pass_at_1(half, ADD_TESTS, timeout=T) == 0.0
     for bad in [answer("def add(a, b):\n    return a - b"), answer("def add(a, b)\n    return a + b"), answer("")]:
-        assert code_reward(bad, ADD_TESTS, timeout=3) == {"correctness": 0.0, "format": 0.1, "total": 0.1}
-        assert pass_at_1(bad, ADD_TESTS, timeout=3) == 0.0
+        assert code_reward(bad, ADD_TESTS, timeout=T) == {"correctness": 0.0, "format": 0.1, "total": 0.1}
+        assert pass_at_1(bad, ADD_TESTS, timeout=T) == 0.0
 
 
 def test_never_raises_on_odd_completions():
     for text in ["", "```", "<answer></answer>", "```python\n```", answer("x = '\ud800'"), answer("\x00"),
                  "```python\n" * 200, answer("import sys; sys.exit(3)")]:
-        reward = code_reward(text, ADD_TESTS, timeout=3)
+        reward = code_reward(text, ADD_TESTS, timeout=T)
         assert reward["correctness"] == 0.0 and reward["total"] == reward["format"]
-        assert pass_at_1(text, ADD_TESTS, timeout=3) == 0.0
-    assert code_reward(answer("x = 1"), [], timeout=3)["correctness"] == 0.0
+        assert pass_at_1(text, ADD_TESTS, timeout=T) == 0.0
+    assert code_reward(answer("x = 1"), [], timeout=T)["correctness"] == 0.0
 
 
 def test_exiting_before_the_tests_with_status_zero_fails():
     # The reward hack of plain exit-status harnesses: stop with status 0 before any test runs.
     for hack in ["import os; os._exit(0)", "import sys; sys.exit(0)", "raise SystemExit", "exit()"]:
-        assert run_python(hack).passed  # exit status 0 ...
-        assert pass_at_1(answer(hack), ADD_TESTS, timeout=3) == 0.0  # ... but the tests never ran
-        assert code_reward(answer(hack), ADD_TESTS, timeout=3)["correctness"] == 0.0
+        assert run_python(hack, timeout=T).passed  # exit status 0 ...
+        assert pass_at_1(answer(hack), ADD_TESTS, timeout=T) == 0.0  # ... but the tests never ran
+        assert code_reward(answer(hack), ADD_TESTS, timeout=T)["correctness"] == 0.0
 
 
 # ----------------------------------------------------------------------------- HumanEval / MBPP / KodCode styles
@@ -185,8 +186,8 @@ HUMANEVAL = [  # (prompt, good body, wrong body, check, entry point)
 @pytest.mark.parametrize("prompt,good,wrong,check,entry_point", HUMANEVAL)
 def test_humaneval_style_pass_at_1(prompt, good, wrong, check, entry_point):
     tests = [f"{check}\ncheck({entry_point})\n"]
-    assert pass_at_1(answer(prompt + good), tests, timeout=3) == 1.0
-    assert pass_at_1(answer(prompt + wrong), tests, timeout=3) == 0.0
+    assert pass_at_1(answer(prompt + good), tests, timeout=T) == 1.0
+    assert pass_at_1(answer(prompt + wrong), tests, timeout=T) == 0.0
 
 
 KODCODE_TESTS = """from solution import two_sum
@@ -207,14 +208,14 @@ def test_bad_input():
 def test_kodcode_style_pytest_module():
     good = ("def two_sum(nums, target):\n    seen = {}\n    for i, x in enumerate(nums):\n"
             "        if target - x in seen:\n            return [seen[target - x], i]\n        seen[x] = i\n")
-    assert run_tests(good, [KODCODE_TESTS], timeout=3) == [True]
+    assert run_tests(good, [KODCODE_TESTS], timeout=T) == [True]
     first_pair_only = "def two_sum(nums, target):\n    return [0, 1]\n"  # fails test_negative
-    assert run_tests(first_pair_only, [KODCODE_TESTS], timeout=3) == [False]
+    assert run_tests(first_pair_only, [KODCODE_TESTS], timeout=T) == [False]
     # A program's own test_* helpers are not called: only the tests' functions are.
-    assert run_tests(good + "def test_helper():\n    raise AssertionError\n", [KODCODE_TESTS], timeout=3) == [True]
+    assert run_tests(good + "def test_helper():\n    raise AssertionError\n", [KODCODE_TESTS], timeout=T) == [True]
     # The program is imported as module `solution`: its `if __name__ == "__main__":` block does not run.
     main_block = good + "if __name__ == '__main__':\n    print(two_sum(*map(int, input().split())))\n"
-    assert run_tests(main_block, [KODCODE_TESTS], timeout=3) == [True]
+    assert run_tests(main_block, [KODCODE_TESTS], timeout=T) == [True]
 
 
 def test_run_tests_parallel_keeps_order(monkeypatch):
@@ -232,7 +233,7 @@ def test_run_tests_parallel_keeps_order(monkeypatch):
     program = "import time\ndef f(x, delay):\n    time.sleep(delay)\n    return x\n"
     tests = ["assert f(1, 0.6) == 1", "assert f(1, 0.0) == 2", "assert f(3, 0.3) == 3", "assert f(4, 0.1) == 0",
              "assert f(5, 0.0) == 5"]
-    assert run_tests(program, tests, timeout=3, workers=3) == [True, False, True, False, True]
+    assert run_tests(program, tests, timeout=T, workers=3) == [True, False, True, False, True]
     assert len(calls) == 5
 
 
@@ -269,13 +270,13 @@ def test_process_limit(backend):
     deadline = time.monotonic() + 5  # rlimit: zombies of earlier tests count until init reaps them
     while backend == "rlimit" and zombies_of(uid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    r = run_python(source, timeout=3, max_processes=8, backend=backend)
+    r = run_python(source, timeout=T, max_processes=8, backend=backend)
     assert r.passed and 0 < int(r.stdout) < 8
 
 
 def test_memory_hog_fails_fast(backend):
     for source in ["x = bytearray(10**10)\n", "x = []\nwhile True:\n    x.append(bytearray(10**6))\n"]:
-        r = run_python(source, timeout=30, memory_mb=256, backend=backend)
+        r = run_python(source, timeout=T, memory_mb=256, backend=backend)
         assert not r.passed and not r.timed_out and "MemoryError" in r.stderr  # the limit, not the timeout, ended it
 
 
@@ -305,7 +306,7 @@ while len(got) < forks and select.select([r], [], [], 30)[0]:
     got += os.read(r, 64)
 print(forks, got.decode())
 """
-    r = run_python(source, timeout=30, memory_mb=256, max_processes=4, backend=backend)
+    r = run_python(source, timeout=T, memory_mb=256, max_processes=4, backend=backend)
     assert r.passed, r.stderr
     forks, got = r.stdout.split()
     assert got.count("n") == 1 and got.count("y") == int(forks) - 1  # 300 MB refused, 100 MB fine
@@ -315,15 +316,16 @@ print(forks, got.decode())
 def test_huge_output_is_bounded(backend):
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for source in ["print('x' * 10**8)\n", "while True:\n    print('y' * 1000)\n"]:
-        r = run_python(source, timeout=30, max_output=1000, backend=backend)
+        r = run_python(source, timeout=T, max_output=1000, backend=backend)
         assert not r.passed and not r.timed_out  # RLIMIT_FSIZE, not the timeout, stopped the write
         assert len(r.stdout) == 1000 and len(r.stderr) <= 1000 and "File too large" in r.stderr
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 50_000  # KiB: we read 1000 bytes
 
 
 def test_file_size_is_limited(backend):
-    r = run_python("import os\nf = open('big', 'wb')\ntry:\n    f.write(b'x' * 50 * 2**20)\nfinally:\n"
-                   "    f.flush()\n    print(os.path.getsize('big'), flush=True)\n", max_file_mb=10, backend=backend)
+    source = ("import os\nf = open('big', 'wb')\ntry:\n    f.write(b'x' * 50 * 2**20)\nfinally:\n"
+              "    f.flush()\n    print(os.path.getsize('big'), flush=True)\n")
+    r = run_python(source, max_file_mb=10, timeout=T, backend=backend)
     assert not r.passed and "File too large" in r.stderr and int(r.stdout) <= 10 * 2**20
 
 
@@ -334,7 +336,7 @@ def test_child_processes_run_under_the_limits_and_do_not_outlive_the_run(backend
         "print(subprocess.run(['sh', '-c', 'ulimit -v'], capture_output=True, text=True).stdout.strip())\n"
         f"subprocess.Popen(['sh', '-c', 'sleep 1000; : {tag}a'])\n"
         f"os.system('(sleep 1000; : {tag}b) &')\n")
-    r = run_python(source, timeout=5, memory_mb=512, backend=backend)
+    r = run_python(source, timeout=T, memory_mb=512, backend=backend)
     assert r.passed, r.stderr
     assert r.stdout.strip() == str(512 * 1024)  # KiB: the shell inherited RLIMIT_AS
     assert wait_dead(processes_mentioning(tag))
@@ -345,7 +347,7 @@ def test_setsid_escape_is_killed_with_a_network_namespace(backend):
         pytest.skip("no network namespace here: under rlimit a setsid() process can outlive the run (documented)")
     tag = marker()
     source = f"import subprocess\nsubprocess.Popen(['sh', '-c', 'sleep 1000; : {tag}'], start_new_session=True)\n"
-    r = run_python(source, backend=backend)
+    r = run_python(source, timeout=T, backend=backend)
     assert r.passed and wait_dead(processes_mentioning(tag))
 
 
@@ -356,7 +358,7 @@ def test_network_is_cut_with_a_network_namespace(backend):
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        r = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n", timeout=5,
+        r = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n", timeout=T,
                        backend=backend)
     assert not r.passed and "Error" in r.stderr  # ENETUNREACH: only a loopback device, and it is down
 
@@ -366,10 +368,10 @@ def test_project_is_not_importable_and_environment_is_empty(backend, monkeypatch
     monkeypatch.setenv("PYTHONPATH", PROJECT)
     monkeypatch.setenv("SECRET_TOKEN", "x")
     for module in ("sandbox", "rewards"):
-        r = run_python(f"import {module}\n", backend=backend)
+        r = run_python(f"import {module}\n", timeout=T, backend=backend)
         assert not r.passed and "ModuleNotFoundError" in r.stderr
     r = run_python(f"import json, os, sys\nassert {PROJECT!r} not in sys.path and '' not in sys.path\n"
-                   "print(json.dumps(sorted(os.environ)))", backend=backend)
+                   "print(json.dumps(sorted(os.environ)))", timeout=T, backend=backend)
     assert r.passed, r.stderr
     names = json.loads(r.stdout)
     assert "SECRET_TOKEN" not in names and "HOME" not in names and "PYTHONPATH" not in names
@@ -377,10 +379,10 @@ def test_project_is_not_importable_and_environment_is_empty(backend, monkeypatch
 
 
 def test_limits_cannot_be_raised_and_root_is_dropped(backend):
-    r = run_python("import os, resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n", backend=backend)
+    r = run_python("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n", timeout=T, backend=backend)
     assert not r.passed and "ValueError" in r.stderr
     r = run_python("import os\nprint(os.getuid(), os.geteuid())\nprint(open('/proc/self/status').read())\n",
-                   backend=backend)
+                   timeout=T, backend=backend)
     assert r.passed
     uid, euid = map(int, r.stdout.split("\n", 1)[0].split())
     assert uid == euid != 0
@@ -400,14 +402,14 @@ def test_rlimit_fallback_does_not_protect_files_outside_but_removes_its_folder()
     print_cwd = "import os\nprint(os.getcwd(), flush=True)\n"
     try:
         r = run_python(print_cwd + f"open({outside!r}, 'w').write('hello')\nopen('local.txt', 'w').write('ok')\n",
-                       backend="rlimit")
+                       timeout=T, backend="rlimit")
         assert r.passed and open(outside).read() == "hello"  # NOT prevented: same user (or nobody) may write /tmp
     finally:
         if os.path.exists(outside):
             os.remove(outside)
     locked = "os.makedirs('a/b')\nopen('a/b/f', 'w').write('x')\nfor d in ['a/b', 'a', '.']:\n    os.chmod(d, 0)\n"
     for source in ("", locked):  # the second takes permissions off its own directories, cwd included
-        r = run_python(print_cwd + source, backend="rlimit")
+        r = run_python(print_cwd + source, timeout=T, backend="rlimit")
         assert r.passed
         workdir = r.stdout.splitlines()[0]
         assert workdir.startswith(os.path.join(os.path.realpath(tempfile.gettempdir()), "sandbox_"))
@@ -443,7 +445,7 @@ def test_secrets_are_unreadable_and_cannot_be_exfiltrated(isolated, tmp_path):
             f"try:\n    r = {code}\n    out[{name!r}] = r if isinstance(r, list) else repr(r)[:200]\n"
             "except Exception as e:\n"
             f"    out[{name!r}] = 'failed: ' + type(e).__name__\n" for name, code in attempts.items())
-        r = run_python(source + "print(__import__('json').dumps(out))\n", backend=isolated)
+        r = run_python(source + "print(__import__('json').dumps(out))\n", timeout=T, backend=isolated)
         assert r.passed, r.stderr
         out = json.loads(r.stdout)
         failed = {name for name, value in out.items() if str(value).startswith("failed")}
@@ -470,7 +472,7 @@ def test_no_daemon_survives(isolated):
               f"        subprocess.Popen(['sh', '-c', 'sleep 1000; : {tag}'], start_new_session=True)\n"
               "        os._exit(0)\n    os._exit(0)\n"
               "import time\ntime.sleep(0.5)\n")
-    r = run_python(source, backend=isolated)
+    r = run_python(source, timeout=T, backend=isolated)
     assert r.passed, r.stderr
     assert not processes_mentioning(tag)  # gone when run_python returns, not just soon after
 
@@ -485,7 +487,7 @@ def test_siblings_cannot_be_killed(isolated):
     threads_out = [None] * 4
 
     def grade_one(i):
-        threads_out[i] = grade(programs[i], ["assert add(1, 2) == 3"], timeout=10, backend=isolated)[0]
+        threads_out[i] = grade(programs[i], ["assert add(1, 2) == 3"], timeout=T, backend=isolated)[0]
 
     threads = [threading.Thread(target=grade_one, args=(i,)) for i in range(4)]
     for t in threads:
@@ -502,7 +504,7 @@ def test_no_file_is_left_anywhere(isolated):
               f"os.makedirs({tag!r} + 'dir', exist_ok=True)\n"
               f"for i in range(3000):\n    open(os.path.join({tag!r} + 'dir', str(i)), 'w').close()\n"
               "print(len(os.listdir('.')))\n")
-    r = run_python(source, backend=isolated)
+    r = run_python(source, timeout=T, backend=isolated)
     assert r.passed, r.stderr
     for folder in ("/tmp", "/dev/shm", "/var/tmp", tempfile.gettempdir()):
         if os.path.isdir(folder):
@@ -551,18 +553,18 @@ def test_reward_hacks_get_nothing(hack, backend):
     program = REWARD_HACKS[hack]
     tests = ["assert add(1, 2) == 3", "assert [add(2, 2)] == [4]"]  # the second: inside a list
     for style in (tests, CHECK_ADD):
-        assert pass_at_1(answer(program), style, timeout=5, backend=backend) == 0.0
-        assert code_reward(answer(program), style, timeout=5, backend=backend)["correctness"] == 0.0
+        assert pass_at_1(answer(program), style, timeout=T, backend=backend) == 0.0
+        assert code_reward(answer(program), style, timeout=T, backend=backend)["correctness"] == 0.0
     if "equal" in hack or "ANY" in hack:
         for test in tests:
-            passed, r = grade(program, [test], backend=backend)
+            passed, r = grade(program, [test], timeout=T, backend=backend)
             assert not passed and "equals anything" in r.stderr
 
 
 def test_contains_anything_gets_nothing(backend):
     program = "class Bag:\n    def __contains__(self, item):\n        return True\ndef f():\n    return Bag()\n"
-    assert grade(program, ["assert 3 in f()"], backend=backend)[0] is False
-    assert grade("def f():\n    return [1, 2, 3]\n", ["assert 3 in f()"], backend=backend)[0] is True
+    assert grade(program, ["assert 3 in f()"], timeout=T, backend=backend)[0] is False
+    assert grade("def f():\n    return [1, 2, 3]\n", ["assert 3 in f()"], timeout=T, backend=backend)[0] is True
 
 
 HONEST = """import collections, dataclasses, math
@@ -603,16 +605,16 @@ HONEST_TESTS = [
 def test_honest_comparisons_still_pass(backend):
     # The always-equal check leaves honest objects alone: numpy arrays, dataclasses, custom __eq__, approx,
     # generators (never drained by the check), nested containers.
-    passed, r = grade(HONEST, HONEST_TESTS, backend=backend)
+    passed, r = grade(HONEST, HONEST_TESTS, timeout=T, backend=backend)
     assert passed, r.stderr
-    assert run_tests(HONEST, HONEST_TESTS, backend=backend) == [True] * len(HONEST_TESTS)
+    assert run_tests(HONEST, HONEST_TESTS, timeout=T, backend=backend) == [True] * len(HONEST_TESTS)
 
 
 # ----------------------------------------------------------------------------- choosing a backend
 
 def test_backend_choice(monkeypatch):
     monkeypatch.setenv("D1_SANDBOX", "rlimit")
-    assert sandbox.choose_backend() == "rlimit" and run_python("pass").backend == "rlimit"
+    assert sandbox.choose_backend() == "rlimit" and run_python("pass", timeout=T).backend == "rlimit"
     monkeypatch.setenv("D1_SANDBOX", "docker")
     with pytest.raises(ValueError, match="D1_SANDBOX"):
         sandbox.choose_backend()
@@ -621,7 +623,7 @@ def test_backend_choice(monkeypatch):
     problem = f"no bwrap in this test ({marker()})"
     monkeypatch.setattr(sandbox, "bwrap_problem", lambda: problem)
     with pytest.raises(RuntimeError, match="isolation is required"):
-        run_python("pass", backend="bwrap")
+        run_python("pass", timeout=T, backend="bwrap")
     with pytest.warns(UserWarning, match="does not isolate"):  # once, naming what is not protected
-        assert run_python("pass", backend="auto").backend == "rlimit"
+        assert run_python("pass", timeout=T, backend="auto").backend == "rlimit"
     assert sandbox.choose_backend("auto") == "rlimit"
