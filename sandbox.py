@@ -4,15 +4,16 @@ This is the reward for the coding task (KodCode RL training) and the pass@1 chec
 code runs in the sandbox: this module never calls exec or eval on it. Two backends; README.md ("The coding task")
 has the threat table: each attack, what holds under which backend, and the test that shows it.
 
-bwrap (bubblewrap, Linux 5.14+): each run gets its own PID, mount, network, IPC and UTS namespaces. Its filesystem
-is empty but for read-only binds of /usr and the Python installation (prefixes and the folders `python -I` puts
-on sys.path: no home folder, no project, no /etc but the loader cache), a new /proc and /dev, and size-capped
-private tmpfs folders /tmp (the working folder) and /dev/shm that vanish with the run. There is no network device,
-no process outside the sandbox is visible or signallable, and the program has no capability. A non-root caller
-gets a user namespace (the program is uid 65534 inside, the caller outside); a root caller does not, since the
-kernel exempts the host's root user from RLIMIT_NPROC even inside one: the harness switches to a fresh random
-uid instead. Either way RLIMIT_NPROC counts this sandbox's processes only. The run ends by killing the
-namespace's init, which takes every process in it along (double forks and setsid() included).
+bwrap (bubblewrap 0.5+; Linux 5.14+ for non-root callers, whose process cap is counted per user namespace from then
+on): each run gets its own PID, mount, network, IPC and UTS namespaces. Its filesystem is empty but for read-only
+binds of /usr and the Python installation (prefixes and the folders `python -I` puts on sys.path: no home folder, no
+project, no /etc but the loader cache), a new /proc and /dev, and size-capped private tmpfs folders /tmp (the
+working folder) and /dev/shm that vanish with the run. There is no network device, no process outside the sandbox is
+visible or signallable, and the program has no capability. A non-root caller gets a user namespace (the program is
+uid 65534 inside, the caller outside); a root caller does not, since the kernel exempts the host's root user from
+RLIMIT_NPROC even inside one: the harness switches to a fresh random uid instead. Either way RLIMIT_NPROC counts
+this sandbox's processes only. The run ends by killing the namespace's init, which takes every process in it along
+(double forks and setsid() included): when a run returns, nothing of it is left.
 
 rlimit (fallback, where bwrap is missing or namespaces are not allowed): a `python -I` process in its own process
 group and temporary folder (deleted afterwards), with the same resource limits, its own network namespace where
@@ -25,10 +26,10 @@ D1_SANDBOX picks the backend: "auto" (bwrap where it works, else rlimit with one
 protected), "bwrap" (refuse to run without it), "rlimit". Default: "bwrap" for root, whose fallback can read
 every secret on the machine, and "auto" for other users. run_python and friends take backend= too.
 
-Both backends set, before the program starts: limits on CPU seconds, address space (per process), size of each
-file written, open files and core dumps; a wall-clock timeout; an almost empty environment, stdin from /dev/null,
-no inherited file descriptors. Memory is bounded per process, not per sandbox (no cgroup is used): at most
-max_processes x memory_mb of address space, plus the two tmpfs folders and open files x file size.
+Both backends set, before the program starts: limits on CPU seconds, address space (per process), size of each file
+written, open files, processes and core dumps; a wall-clock timeout; an almost empty environment, stdin from
+/dev/null, no inherited file descriptors. Memory is bounded per process, not per sandbox (no cgroup is used): at
+most max_processes x memory_mb of address space, plus the two tmpfs folders and open files x file size.
 
 Verdicts come from a trusted harness (_HARNESS), the first code that runs in the sandbox: it reads its job (the
 tests and a fresh random token) from a file it then deletes, compiles the tests itself (asserts kept even under
