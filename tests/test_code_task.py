@@ -2,7 +2,6 @@
 rewards.py (each verdict runs the program in sandbox.py), local-file and hub loading with row validation in data.py,
 JSON round trips of targets, and `eval.py --task humaneval,mbpp` end to end on the tiny model."""
 import json
-import time
 
 import pytest
 
@@ -92,6 +91,23 @@ def kodcode_row(i: int, test: str = KODCODE_TEST) -> dict:
                            "function_declaration": "def second_largest(nums):", "docstring": "..."}]}
 
 
+@pytest.fixture(autouse=True)
+def sandbox_runs(monkeypatch):
+    """Verdicts run in the isolated sandbox where this machine has bwrap, else in the rlimit fallback (as root the
+    default would refuse to run without bwrap; tests/test_sandbox.py skips its isolation tests then, saying why),
+    with a generous timeout: these tests check verdicts, not the 5 s limit, which a loaded machine can reach with
+    any program. Returns the list of every run's Result."""
+    monkeypatch.setenv("D1_SANDBOX", "bwrap" if sandbox.bwrap_problem() is None else "rlimit")
+    runs, real_run = [], sandbox._run
+
+    def run_with_a_generous_timeout(*args, **kwargs):
+        runs.append(real_run(*args, **{**kwargs, "timeout": 30}))
+        return runs[-1]
+
+    monkeypatch.setattr(sandbox, "_run", run_with_a_generous_timeout)
+    return runs
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("code")
@@ -155,19 +171,32 @@ def test_score_batch_in_parallel_keeps_order():
         R.score("code", ["x"], [])
 
 
-def test_odd_completions_never_raise_and_are_fast():
+def test_batch_with_an_attacker_scores_the_others_in_full():
+    # One completion of a GRPO group kills every process it can reach while the group is scored in parallel:
+    # the others keep their full reward (the rlimit fallback's shared uid lets it kill them: bwrap only).
+    if (problem := sandbox.bwrap_problem()) is not None:
+        pytest.skip(f"bwrap cannot run here, so sandboxes are not isolated from each other: {problem}")
+    attacker = ("import os, time\nend = time.monotonic() + 3\nwhile time.monotonic() < end:\n"
+                "    for pid in [-1, *range(1, 400)]:\n        try:\n            os.kill(pid, 9)\n"
+                "        except OSError:\n            pass\n")
+    slow_good = "import time\n" + KODCODE_GOOD.replace("    top =", "    time.sleep(0.3)\n    top =")
+    completions = [answer(attacker)] + [answer(slow_good)] * 3
+    out = R.score("code", completions, [{"tests": [KODCODE_TEST]}] * 4, workers=4)
+    assert out["total"] == pytest.approx([0.1, 1.1, 1.1, 1.1])
+
+
+def test_odd_completions_never_raise_or_hang(sandbox_runs):
     target = {"tests": ["assert f(1) == 2"]}
     big = 100_000
     for text in ["", "```", "```python\n", "<answer>```python\n```</answer>", "```python\n\udcff\n```",
                  "<answer>" * (big // 8), "```" + " " * big + "x", "<answer>\n```python\n" + "x = 1\n" * 20_000 + "```",
                  answer("def f(x):\n    return x + 1") + "\x00" * 10]:
-        t0 = time.perf_counter()
         for task in R.CODE_TASKS:
             r = R.reward(task, text, target)
             assert 0.0 <= r["correctness"] <= 1.0 and r["format"] in (0.0, sandbox.FORMAT_BONUS)
             assert R.eval_score(task, text, target) in (0.0, 1.0)
             assert isinstance(R.parsed_answer(task, text), str)
-        assert time.perf_counter() - t0 < 5.0  # no sandbox run here can reach its 5 s timeout
+    assert sandbox_runs and not any(run.timed_out for run in sandbox_runs)  # each ended on its own: none hung
     assert R.reward("code", "<answer>" * (big // 8), target)["total"] == 0.0  # no complete <answer> and no fence: nothing to run
     with pytest.raises(ValueError, match="tests"):
         R.reward("code", "x", ["assert True"])  # a malformed target is the caller's bug
