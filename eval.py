@@ -14,8 +14,8 @@ mean of per-puzzle fractions), under both protocols.
 Coding (--task humaneval,mbpp; "code" = KodCode, for --split val): pass@1 of the greedy completion, i.e. the
 mean 0/1 verdict of sandbox.pass_at_1 (the extracted program passes all of the problem's tests in one sandboxed
 process); the sandboxes of a batch run in parallel (rewards.CODE_WORKERS). Our prompt (data.CODE_SYSTEM; d1
-published none) asks for the solution as one fenced Python block inside <answer>. The sandbox limits resources
-but is no container: see sandbox.py before evaluating untrusted models.
+published none) asks for the solution as one fenced Python block inside <answer>. The sandbox (bubblewrap
+namespaces, or an rlimit fallback) and what it does not stop: sandbox.py and README's threat table.
 
 Deliberate deviations from d1:
 - Padding is masked: prompts of a batch are left-padded and the attention mask hides the padding. d1 passed
