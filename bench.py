@@ -990,6 +990,18 @@ def section_numerics(rep: Report, rec: dict):
         same = (tf == tb).float()
         add(f"greedy sampler tokens (exact, {G} steps; rows identical: {same.all(1).float().mean().item():.0%})", None,
             None, same.mean().item())
+    rep.check()
+    # the estimator's chunk at d1's shape (2 rows x 256 positions) at the 8B head size; the CPU smoke test: small
+    positions, V, D = (512, 126464, 4096) if dev.type == "cuda" else (16, 1000, 64)
+    head_rows = time_head(dev, positions, repeats=5 if dev.type == "cuda" else 1, warmup=1, seed=seed, V=V, D=D)
+    rec["data"].append(dict(what="estimator head at 8B size", positions=positions, rows=head_rows))
+    t = add_table(rec, f"the estimator's output head, {V:,} x {D} (LLaDA-8B: 126,464 x 4096), random bf16 weights, "
+                  f"{positions} positions per call: fp32 logits (diffu_grpo) vs bf16 logits; bench.py head",
+                  ["head", "ms", "x time vs bf16", "max |log-prob error| vs float64"])
+    t += [[r["name"], fmt(r["ms"], ".2f"), fmt(r["x"], ".2f"), f"{r['err']:.2e}"] for r in head_rows]
+    rec["summary"].append([f"estimator fp32 head vs bf16 head ({positions} positions)",
+                           f"{head_rows[-1]['x']:.2f}x the time", f"log-prob error {head_rows[0]['err']:.1e} -> "
+                                                                   f"{head_rows[-1]['err']:.1e}"])
     rec["summary"].append(["bf16 vs fp32 logits (mid-size random model)", f"max {rows[0][1]}, mean {rows[0][2]}",
                            f"fp32 std {rows[0][3]}"])
     rec["summary"].append(["bf16 vs fp32 greedy tokens", f"{rows[2][4]}% agree", "-"])
@@ -1153,43 +1165,59 @@ def gpu_report(args, argv: list[str]) -> list[str]:
 # Main
 
 
-def bench_head(args):
-    """The RL estimator's output head in fp32 (model.OutputHead, fp32=True) vs the plain head under bf16 autocast
-    (bf16 logits), at LLaDA-8B's head size (126,464 x 4096) and random bf16 weights; log-softmax + gather as in
-    diffu_grpo._token_logprobs. Interleaved repeats; the ratio is the median of per-repeat ratios."""
+def time_head(dev: torch.device, positions: int, repeats: int, warmup: int, seed: int, V: int = 126464,
+              D: int = 4096) -> list[dict]:
+    """The RL estimator's output head in fp32 (model.OutputHead, fp32=True, as diffu_grpo._token_logprobs runs
+    it; on CUDA with TF32 off and on: diffu_grpo.py turns it on for bf16 runs) vs the plain head under bf16
+    autocast (bf16 logits), at LLaDA-8B's head size (V x D = 126,464 x 4096) with random bf16 weights,
+    log-softmax and gather included. Interleaved repeats; x = the median of per-repeat ratios to the bf16 head. Returns rows
+    {name, ms, x, err}: err = max |log-prob - float64 log-prob|."""
     from model import OutputHead
     from diffu_grpo import _token_logprobs
-    dev = torch.device(args.device)
-    V, D = 126464, 4096
     head = OutputHead(D, V, bias=False, device=dev, dtype=torch.bfloat16).requires_grad_(False)
-    g = torch.Generator(dev).manual_seed(args.seed)
+    g = torch.Generator(dev).manual_seed(seed)
     with torch.no_grad():
         head.weight.copy_(torch.randn(V, D, generator=g, device=dev) * 0.02)
-    h = torch.randn(1, args.positions, D, generator=g, device=dev).to(torch.bfloat16)
-    tokens = torch.randint(0, V, (1, args.positions), generator=g, device=dev)
+    h = torch.randn(1, positions, D, generator=g, device=dev).to(torch.bfloat16)
+    tokens = torch.randint(0, V, (1, positions), generator=g, device=dev)
     want = torch.log_softmax(h.double() @ head.weight.double().T, -1).gather(-1, tokens[..., None]).squeeze(-1)
-    runs = {
-        "bf16 logits (plain head under autocast)": lambda: (lambda lg: lg.gather(-1, tokens[..., None]).squeeze(-1)
-                                                              - torch.logsumexp(lg, -1))(head(h).float()),
-        "fp32 logits (OutputHead fp32=True)": lambda: _token_logprobs(lambda x, fp32: head(x, fp32=fp32), h, tokens),
-    }
-    times = {k: [] for k in runs}
-    errs = {}
-    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
-        for i in range(args.warmup + args.repeats):
-            for name, fn in runs.items():
-                out, dt = timed(fn, dev)
-                if i >= args.warmup:
-                    times[name].append(dt)
-                errs[name] = (out.double() - want).abs().max().item()
-    base = "bf16 logits (plain head under autocast)"
-    ratios = [b / a for a, b in zip(times[base], times["fp32 logits (OutputHead fp32=True)"])]
-    rows = [[name, str(args.positions), f"{1000 * statistics.median(t):.1f}",
-             f"{statistics.median(ratios):.2f}" if name != base else "1.00", f"{errs[name]:.2e}"]
-            for name, t in times.items()]
+
+    def plain():
+        lg = head(h).float()  # bf16 logits under autocast, then cast
+        return lg.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(lg, -1)
+
+    def fp32(tf32: bool):
+        def run():
+            if dev.type == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+            return _token_logprobs(lambda x, fp32: head(x, fp32=fp32), h, tokens)
+        return run
+    runs = {"bf16 logits (plain head under autocast)": plain, "fp32 logits (OutputHead fp32=True)": fp32(False)}
+    if dev.type == "cuda":
+        runs["fp32 logits, TF32 on (diffu_grpo.py's bf16 runs)"] = fp32(True)
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    times, errs = {k: [] for k in runs}, {}
+    try:
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+            for i in range(warmup + repeats):
+                for name, fn in runs.items():
+                    out, dt = timed(fn, dev)
+                    if i >= warmup:
+                        times[name].append(dt)
+                    errs[name] = (out.double() - want).abs().max().item()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32_before
+    base = times["bf16 logits (plain head under autocast)"]
+    return [dict(name=name, ms=1000 * statistics.median(t), x=statistics.median(b / a for a, b in zip(base, t)),
+                 err=errs[name]) for name, t in times.items()]
+
+
+def bench_head(args):
+    rows = time_head(torch.device(args.device), args.positions, args.repeats, args.warmup, args.seed)
     args.dtype = "bfloat16"  # the weights and the autocast of this figure, whatever the preset says
-    print(header(args, "head", f"LLaDA-8B output head {V} x {D}, random bf16 weights"))
-    print(table(["head", "positions", "ms", "x time vs bf16", "max |log-prob error| vs float64"], rows))
+    print(header(args, "head", "LLaDA-8B output head 126464 x 4096, random bf16 weights"))
+    print(table(["head", "positions", "ms", "x time vs bf16", "max |log-prob error| vs float64"],
+                [[r["name"], str(args.positions), f"{r['ms']:.1f}", f"{r['x']:.2f}", f"{r['err']:.2e}"] for r in rows]))
 
 
 def header(args, what: str, desc: str) -> str:
