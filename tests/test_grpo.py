@@ -257,7 +257,7 @@ def test_estimator_passes_agree_and_rl_has_no_dropout(sudoku_csv, tiny_dir, tmp_
     args[args.index("tiny")] = str(tmp_path / "sft-adapter")
     main_args = diffu_grpo.parse_args(args)
     diffu_grpo.resolve_defaults(main_args)
-    model, *_ = diffu_grpo.build_model(main_args, "cpu", torch.float32, master=True)
+    model, *_ = diffu_grpo.build_model(main_args, "cpu", torch.float32, master=False)  # (writes no init-merged)
     lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
     assert lora and all(m.dropout.p == 0 for m in lora)
     diffu_grpo.main(args)
