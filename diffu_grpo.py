@@ -57,13 +57,14 @@ reference pass). Plain DDP replicates all of it on every GPU; --fsdp shards poli
 an HF-layout model, --merge writes one at the end). --fsdp is explicit, never automatic; LoRA stays on DDP. The
 sampler and the log-prob estimator run on the sharded model as they are (each sharded unit all-gathers itself
 when called). Start-up prints the per-GPU memory budget (model.memory_budget, computed) and refuses to start when
-it exceeds the GPU's memory.
+it exceeds the GPU's memory. Flags are checked before anything loads; a used --out-dir is refused unless
+--resume auto (continue) or --overwrite (start over), see model.claim_out_dir.
 
 Commands:
   CPU smoke test:  python diffu_grpo.py --init tiny --task sudoku --train-path puzzles.csv --style compact \\
                        --gen-length 32 --block-length 16 --diffusion-steps 16 --max-steps 6 --mu 3
   the plan only:   python diffu_grpo.py --task gsm8k --dry-run 8
-  1 GPU:           python diffu_grpo.py --task gsm8k
+  1 GPU:           python diffu_grpo.py --task gsm8k --device cuda
   8 GPUs (d1):     torchrun --nproc_per_node=8 diffu_grpo.py --task gsm8k
   mixed tasks:     torchrun --nproc_per_node=8 diffu_grpo.py --task gsm8k,math,countdown,sudoku
   8 GPUs, full fine-tuning (sharded):

@@ -29,7 +29,8 @@ at 8B. Plain DDP replicates them on every GPU (fine for small models); --fsdp sh
 (FSDP2: model.shard_fsdp, one unit per block + head + root, bf16 compute, fp32 reduce) and writes sharded
 checkpoints (torch.distributed.checkpoint; --export converts one to an HF-layout model). --fsdp is explicit,
 never automatic: with LoRA, DDP stays the path. Start-up prints the per-GPU memory budget (model.memory_budget,
-computed) and refuses to start when it exceeds the GPU's memory.
+computed) and refuses to start when it exceeds the GPU's memory. Flags are checked before anything loads; a used
+--out-dir is refused unless --resume auto (continue) or --overwrite (start over), see model.claim_out_dir.
 
 CPU (tiny model from scratch, a prompt/answer JSONL such as {"prompt": "sort 312", "answer": "123"}):
     python sft.py --init-from-scratch tiny --data pairs.jsonl --lora-r 0 --lr 1e-3 --epochs 5 \\
@@ -37,7 +38,7 @@ CPU (tiny model from scratch, a prompt/answer JSONL such as {"prompt": "sort 312
 The plan only (no model loaded):
     python sft.py --data s1k --dry-run 8 --grad-accum 1
 1 GPU (d1's run: s1K, LoRA r=128, effective batch 8):
-    python sft.py --data s1k --grad-checkpointing --merge --out-dir out/sft-s1k
+    python sft.py --data s1k --grad-checkpointing --merge --out-dir out/sft --device cuda-s1k
 8 GPUs:
     torchrun --standalone --nproc_per_node=8 sft.py --data s1k --grad-accum 1 --grad-checkpointing --merge \\
         --out-dir out/sft-s1k

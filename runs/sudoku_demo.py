@@ -1,4 +1,4 @@
-"""The whole d1 recipe on a laptop CPU in about six minutes (one seed, 2 cores): masked SFT, then diffu-GRPO, on 4x4 Sudoku.
+"""The whole d1 recipe on a CPU (one seed: ~6 min on 2 lightly loaded cores): masked SFT, then diffu-GRPO, on 4x4 Sudoku.
 
 A 0.9M-parameter LLaDA-architecture model with a character vocabulary is trained from scratch with sft.py on
 generated puzzles, then diffu_grpo.py improves it with the d1 estimator and the Sudoku reward, and eval.py's
