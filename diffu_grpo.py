@@ -500,8 +500,8 @@ def run_plan(args, world: int, n_train: int | None = None) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="diffu-GRPO reinforcement learning for LLaDA (d1 stage 2). A step is one "
-                                            "optimizer step; a rollout round feeds mu of them.",
-                                formatter_class=HelpFormatter)
+                                   "optimizer step; a rollout round feeds mu of them.",
+                       formatter_class=HelpFormatter)
     # model
     p.add_argument("--init", default="GSAI-ML/LLaDA-8B-Instruct",
                    help="starting model: hub id / folder (base or merged SFT), an SFT adapter folder, or 'tiny'")

@@ -54,8 +54,8 @@ from tqdm import tqdm
 
 from data import EVAL_PREFILL, STYLES, TASKS, format_prompt, load_tasks
 from model import (ArgumentParser, LLaDA, adapter_base, check_model_arg, check_out_dir, check_paths, example_generator,
-                   load_adapter, load_tokenizer, nonneg_float, positive_float, positive_int, probability, resolve_device,
-                   run_cli)
+                   load_adapter, load_tokenizer, nonneg_float, positive_float, positive_int, probability,
+                   resolve_device, run_cli)
 
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"
 from rewards import eval_scores, parsed_answer
@@ -374,7 +374,8 @@ def main(argv=None):
     p.add_argument("--split", default="test", choices=["test", "val"], help="test set, or the validation split (for selection)")
     p.add_argument("--data-path", default=None,
                    help="local data, one comma-separated path per task (default: download): JSONL, JSON, CSV or "
-                        "Parquet; .jsonl.gz/.json.gz/.csv.gz (e.g. HumanEval.jsonl.gz); or a datasets save_to_disk folder")
+                        "Parquet; .jsonl.gz/.json.gz/.csv.gz (e.g. HumanEval.jsonl.gz); or a datasets save_to_disk "
+                        "folder")
     p.add_argument("--countdown-test-path", default=None,
                    help="with --split val: a local copy of d1's Countdown test file, whose items are removed from the "
                         "validation split (default: download it once)")

@@ -207,7 +207,7 @@ DATA_FORMATS = ("JSONL, JSON (a list, or JSON Lines as Dataset.to_json writes), 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Masked SFT of LLaDA (d1 stage 1). A step is one optimizer step.",
-                                formatter_class=HelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="checkpoint folder or hub id to fine-tune")
     p.add_argument("--init-from-scratch", default=None, choices=["tiny", "demo", "llada-8b"],
                    help="train a randomly initialised model of this preset instead of loading --model")

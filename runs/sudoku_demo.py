@@ -1,4 +1,4 @@
-"""The whole d1 recipe on a CPU (one seed: ~6 min on 2 lightly loaded cores): masked SFT, then diffu-GRPO, on 4x4 Sudoku.
+"""The whole d1 recipe on a CPU (a seed: ~6 min on 2 lightly loaded cores): masked SFT, then diffu-GRPO, 4x4 Sudoku.
 
 A 0.9M-parameter LLaDA-architecture model with a character vocabulary is trained from scratch with sft.py on
 generated puzzles, then diffu_grpo.py improves it with the d1 estimator and the Sudoku reward, and eval.py's
@@ -74,7 +74,7 @@ def make_data(folder: Path, sizes: dict, error_rate: float):
     data.write_sudoku_csv(folder / "rl_train.csv", train[sizes["sft_examples"]:])
     test = data.synthetic_task("sudoku", "test", sizes["test_items"], seed=0, blanks=(6, 10))
     data.write_sudoku_csv(folder / "test.csv", test)
-    save_tokenizer(make_char_tokenizer(chat_template=COMPACT_CHAT_TEMPLATE), folder / "tokenizer")  # transformers 4 and 5
+    save_tokenizer(make_char_tokenizer(chat_template=COMPACT_CHAT_TEMPLATE), folder / "tokenizer")  # transformers 4, 5
 
 
 def test_accuracy(ckpt: Path, test: list[dict]) -> dict:

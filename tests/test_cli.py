@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import bench
 import data
@@ -311,7 +313,7 @@ def test_demo_refuses_an_earlier_demo_run(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- errors
 
 
-def test_known_errors_are_one_line(tmp_path, monkeypatch):
+def test_known_errors_are_one_line(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("")
 
@@ -329,18 +331,25 @@ def test_known_errors_are_one_line(tmp_path, monkeypatch):
     assert "error: FileNotFoundError: [Errno 2] No such file or directory" in message(open, tmp_path / "nothing")
 
 
-def test_key_errors_print_their_text(tiny_dir, tmp_path):
-    """A KeyError's message is printed as written, without the quotes str(KeyError) adds."""
-    from safetensors.torch import load_file, save_file
-    import shutil
-    broken = tmp_path / "broken"
+def test_checkpoint_errors_are_one_line(tiny_dir, tmp_path):
+    """A cut-off .safetensors names the file; a KeyError's message is printed as written (str(KeyError) quotes it)."""
+    def message(folder) -> str:
+        with pytest.raises(SystemExit) as e:
+            run_cli(lambda argv: model.LLaDA.from_pretrained(folder))
+        assert "\n" not in e.value.code
+        return e.value.code
+
+    cut, broken = tmp_path / "cut", tmp_path / "broken"
+    shutil.copytree(tiny_dir, cut)
+    weights = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    assert f"error: {cut / 'model.safetensors'} is not a complete safetensors file" in message(cut)
     shutil.copytree(tiny_dir, broken)
     tensors = load_file(broken / "model.safetensors")
-    save_file({k: v for k, v in tensors.items() if k != "model.transformer.ff_out.weight"}, broken / "model.safetensors")
-    with pytest.raises(SystemExit) as e:
-        run_cli(lambda argv: model.LLaDA.from_pretrained(broken))
-    assert e.value.code.endswith(f"error: checkpoint {broken} is missing 1 tensor(s), e.g. "
-                                 "['model.transformer.ff_out.weight']")
+    save_file({k: v for k, v in tensors.items() if k != "model.transformer.ff_out.weight"},
+              broken / "model.safetensors")
+    assert message(broken).endswith(f"error: checkpoint {broken} is missing 1 tensor(s), e.g. "
+                                    "['model.transformer.ff_out.weight']")
 
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch, tmp_path):
