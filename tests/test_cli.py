@@ -277,6 +277,33 @@ def test_rerun_into_a_used_out_dir(sort_jsonl, tmp_path, capsys):
     assert "resumed from" in capsys.readouterr().out and "step-000001" in str(sorted(out.glob("step-*"))[-1])
 
 
+def test_only_rank_0_claims_the_out_dir(tmp_path, monkeypatch):
+    """Under torchrun (RANK set before the process group exists) ranks other than 0 leave --out-dir to rank 0."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")  # rank 0 would refuse this folder; rank 1 does not look
+    ran = []
+    monkeypatch.setattr(sft, "run", lambda args: ran.append(not (out / "run.lock").exists()))
+    monkeypatch.setenv("RANK", "1")
+    sft.main(["--out-dir", str(out), "--data", "s1k"])
+    assert ran == [True]
+
+
+def test_max_grad_norm_zero_means_no_clipping(tmp_path, monkeypatch):
+    """As in sft.py (--grad-clip 0) and HF trainers: 0 turns clipping off (clip_grad_norm_ to 0 would zero the
+    gradients and the run would silently not learn)."""
+    csv = data.write_sudoku_csv(tmp_path / "s.csv", data.generate_sudoku(8, blanks=(4, 6), seed=0))
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: norms.append(max_norm) or
+                        clip(params, max_norm))
+    diffu_grpo.main(["--init", "tiny", "--task", "sudoku", "--train-path", str(csv), "--style", "compact",
+                     "--gen-length", "8", "--block-length", "8", "--diffusion-steps", "4", "--prompts-per-step", "2",
+                     "--num-generations", "2", "--micro-batch-size", "4", "--lora-r", "2", "--eval-every", "0",
+                     "--max-steps", "1", "--mu", "1", "--max-grad-norm", "0", "--out-dir", str(tmp_path / "rl")])
+    assert norms == [float("inf")]
+
+
 def test_init_merged_records_its_adapter(tiny_dir, tmp_path):
     """diffu_grpo's OUT/init-merged is reused by a resumed run only when it was merged from the same --init."""
     from model import LLaDA, apply_lora, save_adapter
