@@ -71,8 +71,9 @@ from pathlib import Path
 import torch
 
 from diffu_grpo import TASK_MU, TASK_STEPS, completion_logprobs, completion_mask, group_advantages
-from model import (LLaDA, LoRALinear, apply_lora, example_generator, load_adapter, load_tokenizer,
-                   make_char_tokenizer, memory_budget, param_count, preset_config)
+from model import (ArgumentParser, LLaDA, LoRALinear, apply_lora, bounded, example_generator, load_adapter,
+                   load_tokenizer, make_char_tokenizer, memory_budget, nonneg_float, nonneg_int, param_count,
+                   positive_float, positive_int, preset_config, probability, resolve_device, run_cli)
 from sample import generate, left_pad
 from tests.reference_sampler import reference_generate  # the literal one-prompt oracle of the tests
 
@@ -1229,59 +1230,64 @@ def header(args, what: str, desc: str) -> str:
 
 
 def parse_args(argv=None):
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     c = common.add_argument
     c("--preset", default="tiny", choices=sorted(PRESETS), help="sizes and model (flags below override them)")
     c("--model", default=None, help="checkpoint folder (HF layout) instead of random weights")
     c("--adapter", default=None, help="LoRA adapter folder to apply to --model")
-    c("--layers", type=int, default=None, help="override the preset's n_layers (e.g. 1: smoke-test llada-8b)")
+    c("--layers", type=positive_int, default=None, help="override the preset's n_layers (e.g. 1: smoke-test llada-8b)")
     c("--device", default=None, help="default: the preset's (tiny: cpu, llada-8b: cuda)")
     c("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the preset's")
-    c("--repeats", type=int, default=None, help="timed runs per figure (the median is reported)")
-    c("--warmup", type=int, default=None, help="untimed warm-up runs per figure")
-    c("--peak-flops", type=float, default=None,
+    c("--repeats", type=positive_int, default=None, help="timed runs per figure (the median is reported)")
+    c("--warmup", type=nonneg_int, default=None, help="untimed warm-up runs per figure")
+    c("--peak-flops", type=positive_float, default=None,
       help="peak dense bf16 FLOP/s for MFU (default: by GPU name, e.g. H100/H200 989e12; none on a CPU)")
-    c("--seed", type=int, default=0)
-    c("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    c("--prompt-length", type=int, default=None, help="random prompts: the longest prompt in tokens")
-    c("--gen-length", type=int, default=None)
-    c("--block-length", type=int, default=None)
-    c("--steps", type=int, default=None, help="denoising steps")
-    c("--threshold", type=float, default=None, help="confidence threshold of the threshold modes (sampler: 0.9)")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c("--seed", type=int, default=0, help="random weights, prompts and sampling noise")
+    c("--threads", type=positive_int, default=None, help="torch.set_num_threads (CPU)")
+    c("--prompt-length", type=positive_int, default=None, help="random prompts: the longest prompt in tokens")
+    c("--gen-length", type=positive_int, default=None, help="completion length in tokens")
+    c("--block-length", type=positive_int, default=None, help="semi-autoregressive block length")
+    c("--steps", type=positive_int, default=None, help="denoising steps")
+    c("--threshold", type=probability, default=None, help="confidence threshold of the threshold modes (sampler: 0.9)")
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     s = sub.add_parser("sampler", parents=[common], help="reference vs exact vs fast sampler modes")
-    s.add_argument("--batch", type=int, default=None, help="prompts per sampler call (random prompts: also their number)")
-    s.add_argument("--ref-rows", type=int, default=None, help="prompts the (slow, one-at-a-time) reference decodes")
+    s.add_argument("--batch", type=positive_int, default=None,
+                   help="prompts per sampler call (random prompts: also their number)")
+    s.add_argument("--ref-rows", type=positive_int, default=None,
+                   help="prompts the (slow, one-at-a-time) reference decodes")
     s.add_argument("--modes", default=",".join(SAMPLER_MODES), help=f"comma-separated subset of {SAMPLER_MODES}")
-    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (evaluation); d1 rollouts: 0.9")
+    s.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (evaluation); d1 rollouts: 0.9")
     s.add_argument("--prompts", default=None, help="prompt file (text lines or JSONL, see above)")
     s.add_argument("--prefill", default="", help="text after the assistant header, e.g. '<reasoning>'")
     g = sub.add_parser("grpo-step", parents=[common],
                        help="one diffu-GRPO rollout round (diffu_grpo's functions): generation, log-probs, mu updates")
-    g.add_argument("--prompts-per-step", type=int, default=None)
-    g.add_argument("--num-generations", type=int, default=None)
-    g.add_argument("--gen-batch-size", type=int, default=None)
-    g.add_argument("--micro-batch-size", type=int, default=None)
-    g.add_argument("--mu", type=int, default=None)
-    g.add_argument("--lora-r", type=int, default=None)
-    g.add_argument("--lora-alpha", type=float, default=None)
-    g.add_argument("--logp-batch-size", type=int, default=None, help="diffu_grpo.py's flag (default: all rows)")
-    g.add_argument("--temperature", type=float, default=0.9)
+    g.add_argument("--prompts-per-step", type=positive_int, default=None, help="prompts per rollout round")
+    g.add_argument("--num-generations", type=positive_int, default=None, help="G: completions per prompt")
+    g.add_argument("--gen-batch-size", type=positive_int, default=None, help="completions per sampler call")
+    g.add_argument("--micro-batch-size", type=positive_int, default=None, help="completions per forward/backward")
+    g.add_argument("--mu", type=positive_int, default=None, help="optimizer steps per rollout round")
+    g.add_argument("--lora-r", type=positive_int, default=None, help="LoRA rank")
+    g.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA alpha")
+    g.add_argument("--logp-batch-size", type=positive_int, default=None,
+                   help="diffu_grpo.py's flag (default: all rows)")
+    g.add_argument("--temperature", type=nonneg_float, default=0.9, help="rollout temperature (d1: 0.9)")
     g.add_argument("--cache", default="none", choices=["none", "prefix", "dual"], help="rollout sampler cache")
-    g.add_argument("--p-mask-prompt", type=float, default=0.15)
-    g.add_argument("--eps", type=float, default=0.5)
-    g.add_argument("--beta", type=float, default=0.04)
-    g.add_argument("--grad-checkpointing", action="store_true")
+    g.add_argument("--p-mask-prompt", type=probability, default=0.15, help="the estimator's prompt mask rate")
+    g.add_argument("--eps", type=nonneg_float, default=0.5, help="clipping epsilon")
+    g.add_argument("--beta", type=nonneg_float, default=0.04, help="KL coefficient (0: no reference pass)")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
     f = sub.add_parser("sft", parents=[common], help="SFT tokens/s (sft.sft_loss forward + backward + step)")
-    f.add_argument("--batch", type=int, default=None)
-    f.add_argument("--length", type=int, default=None, help="tokens per sequence")
-    f.add_argument("--lora-r", type=int, default=None)
-    f.add_argument("--lora-alpha", type=float, default=None)
-    f.add_argument("--lora-dropout", type=float, default=0.05)
-    f.add_argument("--grad-checkpointing", action="store_true")
+    f.add_argument("--batch", type=positive_int, default=None, help="sequences per step")
+    f.add_argument("--length", type=positive_int, default=None, help="tokens per sequence")
+    f.add_argument("--lora-r", type=positive_int, default=None, help="LoRA rank")
+    f.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA alpha")
+    f.add_argument("--lora-dropout", type=bounded(float, 0.0, 1.0, hi_open=True), default=0.05,
+                   help="dropout on the LoRA input (default: 0.05)")
+    f.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
     h = sub.add_parser("head", parents=[common], help="the estimator's fp32 output head vs bf16 logits, at 8B size")
-    h.add_argument("--positions", type=int, default=64, help="completion positions per call (d1: 2 rows x 256)")
+    h.add_argument("--positions", type=positive_int, default=64,
+                   help="completion positions per call (d1: 2 rows x 256; default: 64)")
     r = sub.add_parser("gpu-report", help="one time-boxed report of the 8B run on one GPU (gpu-report.json + .md)")
     r.add_argument("--preset", default="llada-8b", choices=sorted(REPORT_SHAPES),
                    help="llada-8b: the real architecture with random bf16 weights at d1's per-GPU shapes (1 GPU); "
@@ -1292,14 +1298,14 @@ def parse_args(argv=None):
                    help="weights and autocast dtype (default: the preset's; bfloat16 on a CPU runs the GPU's "
                         "precision path there)")
     r.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-    r.add_argument("--budget", type=float, default=420.0,
+    r.add_argument("--budget", type=positive_float, default=420.0,
                    help="total seconds; each section gets its share of the time left when it starts (see "
                         "SECTION_SHARE) and is stopped, recorded as timed out, when it runs past it")
-    r.add_argument("--layers", type=int, default=None, help="override the preset's n_layers (a quicker smoke test)")
-    r.add_argument("--peak-flops", type=float, default=None,
+    r.add_argument("--layers", type=positive_int, default=None, help="override the preset's n_layers (a quicker smoke test)")
+    r.add_argument("--peak-flops", type=positive_float, default=None,
                    help="datasheet peak dense bf16 FLOP/s for MFU (default: by GPU name; none on a CPU)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    r.add_argument("--seed", type=int, default=0, help="random weights and prompts")
+    r.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (CPU)")
     args = p.parse_args(argv)
 
     preset = PRESETS[args.preset]
@@ -1334,13 +1340,14 @@ def parse_args(argv=None):
             setattr(args, k, preset[key])
     if args.what == "sampler" and args.threshold is None:
         args.threshold = 0.9
+    resolve_device(p, args)  # a GPU preset on a machine without one: one line, before anything loads
     if args.peak_flops is None and torch.device(args.device).type == "cuda":
         name = torch.cuda.get_device_name(args.device)
         args.peak_flops = next((v for k, v in PEAK_BF16.items() if k in name), None)
     if args.what in ("sampler", "grpo-step"):
         if args.gen_length % args.block_length or args.steps % (args.gen_length // args.block_length):
-            raise ValueError(f"gen length {args.gen_length} must be a multiple of block {args.block_length}, and "
-                             f"steps {args.steps} a multiple of the number of blocks")
+            p.error(f"--gen-length {args.gen_length} must be a multiple of --block-length {args.block_length}, and "
+                    f"--steps {args.steps} a multiple of the number of blocks")
     return args
 
 
@@ -1355,4 +1362,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))  # gpu-report's exit status: 1 when a section failed

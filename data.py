@@ -730,14 +730,18 @@ def _first(v):
     return v[0] if isinstance(v, (list, tuple, np.ndarray)) and len(v) else v
 
 
-def load_s1k(path=None) -> list[dict]:
+# d1's SFT data, and s1K-1.1: the same 1,000 questions with DeepSeek-R1's reasoning traces
+S1K_HUB = {"s1k": "simplescaling/s1K", "s1k-1.1": "simplescaling/s1K-1.1"}
+
+
+def load_s1k(path=None, hub: str = S1K_HUB["s1k"]) -> list[dict]:
     """s1K as SFT pairs {"id", "prompt": d1's SFT user message, "answer": d1's <reasoning>/<answer> text}.
-    path: a local copy (else the hub's simplescaling/s1K, d1's data). s1K rows (question, thinking_trajectories,
-    attempt) use the first of `thinking_trajectories`; s1K-1.1 rows, whose release renamed the fields (question,
-    deepseek_thinking_trajectory, deepseek_attempt: DeepSeek-R1's traces; gemini_* hold s1K's), use the DeepSeek
-    ones, the point of that release."""
-    rows, src = (read_rows(path), str(path)) if path is not None else (_hub_rows("simplescaling/s1K", None, "train"),
-                                                                        "simplescaling/s1K:train")
+    path: a local copy, else the train split of the hub's `hub` (S1K_HUB: simplescaling/s1K, d1's data, or
+    simplescaling/s1K-1.1). s1K rows (question, thinking_trajectories, attempt) use the first of
+    `thinking_trajectories`; s1K-1.1 rows, whose release renamed the fields (question, deepseek_thinking_trajectory,
+    deepseek_attempt: DeepSeek-R1's traces; gemini_* hold s1K's), use the DeepSeek ones, the point of that
+    release."""
+    rows, src = (read_rows(path), str(path)) if path is not None else (_hub_rows(hub, None, "train"), f"{hub}:train")
     out = []
     for i, row in enumerate(rows):
         q = _text(row, ("question",), src, i)

@@ -57,13 +57,14 @@ reference pass). Plain DDP replicates all of it on every GPU; --fsdp shards poli
 an HF-layout model, --merge writes one at the end). --fsdp is explicit, never automatic; LoRA stays on DDP. The
 sampler and the log-prob estimator run on the sharded model as they are (each sharded unit all-gathers itself
 when called). Start-up prints the per-GPU memory budget (model.memory_budget, computed) and refuses to start when
-it exceeds the GPU's memory.
+it exceeds the GPU's memory. Flags are checked before anything loads; a used --out-dir is refused unless
+--resume auto (continue) or --overwrite (start over), see model.claim_out_dir.
 
 Commands:
   CPU smoke test:  python diffu_grpo.py --init tiny --task sudoku --train-path puzzles.csv --style compact \\
                        --gen-length 32 --block-length 16 --diffusion-steps 16 --max-steps 6 --mu 3
   the plan only:   python diffu_grpo.py --task gsm8k --dry-run 8
-  1 GPU:           python diffu_grpo.py --task gsm8k
+  1 GPU:           python diffu_grpo.py --task gsm8k --device cuda
   8 GPUs (d1):     torchrun --nproc_per_node=8 diffu_grpo.py --task gsm8k
   mixed tasks:     torchrun --nproc_per_node=8 diffu_grpo.py --task gsm8k,math,countdown,sudoku
   8 GPUs, full fine-tuning (sharded):
@@ -80,6 +81,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -94,11 +96,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from model import (LLaDA, adapter_base, apply_lora, check_memory_budget, checkpoints, example_generator,
-                   export_sharded_checkpoint, load_adapter, load_checkpoint_state, load_sharded_checkpoint,
-                   load_tokenizer, lora_disabled, lora_modules, make_char_tokenizer, mask_tokens, memory_budget,
-                   merge_lora, open_metrics, preset_config, row_uniforms, save_checkpoint, save_pretrained_fsdp,
-                   save_sharded_checkpoint, shard_fsdp)
+from model import (ArgumentParser, HelpFormatter, LLaDA, MetricsLog, adapter_base, apply_lora, bounded,
+                   check_lora_targets, check_memory_budget, check_model_arg, check_optional_package, check_out_dir,
+                   check_paths, checkpoints, claim_out_dir, example_generator, export_sharded_checkpoint, load_adapter,
+                   load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, lora_disabled, lora_modules,
+                   make_char_tokenizer, mask_tokens, memory_budget, merge_lora, nonneg_float, nonneg_int,
+                   positive_float, positive_int, preset_config, probability, resolve_device, row_uniforms, run_cli,
+                   save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint, shard_fsdp)
 import data
 import eval as evaluation
 import rewards
@@ -327,7 +331,7 @@ def update(policy, optimizer, params, rnd: Round, k: int, old, ref, args, autoca
         sums["loss"] += loss.item()
         for key, v in st.items():
             sums[key] += v
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return {**sums, "grad_norm": float(grad_norm)}
@@ -372,12 +376,17 @@ def build_model(args, device, dtype, master: bool):
     elif (Path(args.init) / "adapter_config.json").is_file():  # an SFT adapter: merged into its base model
         init = Path(args.init)
         base = adapter_base(init, args.base_model)
+        # Our adapters need a real base folder: the merged starting point, OUT/init-merged, written once per run
+        # (a resumed run checks, before loading anything, that it was merged from this --init).
+        merged, record = Path(args.out_dir) / "init-merged", merge_record(init, base) if lora else None
+        reuse = lora and master and check_init_merged(merged, record)
         tokenizer = load_tokenizer(init if (init / "tokenizer.json").is_file() else base)
         model = merge_lora(load_adapter(LLaDA.from_pretrained(base, dtype=load_dtype, device=load_device), init))
-        if lora:  # our adapters need a real base folder: the merged starting point, written once
-            base_name = str(Path(args.out_dir) / "init-merged")
-            if master and not (Path(base_name) / "config.json").is_file():
-                model.save_pretrained(base_name, tokenizer=tokenizer)
+        if lora:
+            base_name = str(merged)
+            if master and not reuse:
+                model.save_pretrained(merged, tokenizer=tokenizer)
+                (merged / "merged_from.json").write_text(json.dumps(record, indent=2) + "\n")
     else:
         tokenizer = load_tokenizer(args.init)
         model = LLaDA.from_pretrained(args.init, dtype=load_dtype, device=load_device)
@@ -404,6 +413,31 @@ def build_model(args, device, dtype, master: bool):
     return model, tokenizer, base_name, ref
 
 
+def merge_record(adapter: Path, base: str) -> dict:
+    """What OUT/init-merged is merged from: the adapter folder, its base model and a hash of the adapter's files."""
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        with open(adapter / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+    return {"adapter": str(adapter.resolve()), "base": base, "sha256": h.hexdigest()}
+
+
+def check_init_merged(folder: Path, record: dict) -> bool:
+    """Whether OUT/init-merged exists (a resumed run) and was merged from the adapter and base of `record`
+    (merge_record, kept in merged_from.json). The run's checkpoints are adapters trained on top of it, so one
+    merged from another --init is refused, never silently reused."""
+    if not (folder / "config.json").is_file():
+        return False
+    path = folder / "merged_from.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if (old.get("sha256"), old.get("base")) != (record["sha256"], record["base"]):
+        raise ValueError(f"{folder} was merged from {old.get('adapter', 'an unrecorded adapter')} (base "
+                         f"{old.get('base', '?')}), not from --init {record['adapter']} (base {record['base']}): the "
+                         "run's checkpoints build on it; resume with its --init, or start over with --overwrite")
+    return True
+
+
 # -----------------------------------------------------------------------------
 # The run plan: what a launch will do, printed before anything loads (--dry-run: only that)
 
@@ -413,7 +447,8 @@ def resolve_defaults(args) -> None:
     tasks = args.task.split(",")
     args.mu = args.mu if args.mu is not None else max(TASK_MU.get(t, 8) for t in tasks)
     args.max_steps = args.max_steps if args.max_steps is not None else max(TASK_STEPS.get(t, 1000) for t in tasks)
-    args.max_prompt_length = args.max_prompt_length or max(TASK_PROMPT_LENGTH.get(t, 200) for t in tasks)
+    if args.max_prompt_length is None:
+        args.max_prompt_length = max(TASK_PROMPT_LENGTH.get(t, 200) for t in tasks)
     if args.warmup_steps is None:
         args.warmup_steps = math.ceil(D1_WARMUP_RATIO * args.max_steps)
 
@@ -451,7 +486,7 @@ def run_plan(args, world: int, n_train: int | None = None) -> str:
         f"  tokens generated  {rounds * per_round * G * args.gen_length:,} in total",
         f"  learning rate     {args.lr:g}, constant after {args.warmup_steps} warmup step(s) (lr * step / warmup)",
     ]
-    d1 = parse_args(["--task", args.task])
+    d1 = build_parser().parse_args(["--task", args.task])
     resolve_defaults(d1)
     diffs = [f"--{k.replace('_', '-')} {getattr(args, k)} (d1: {getattr(d1, k)})" for k in RECIPE
              if getattr(args, k) != getattr(d1, k)]
@@ -464,88 +499,175 @@ def run_plan(args, world: int, n_train: int | None = None) -> str:
 # Main
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="diffu-GRPO reinforcement learning for LLaDA (d1 stage 2). A step is one "
-                                            "optimizer step; a rollout round feeds mu of them.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description="diffu-GRPO reinforcement learning for LLaDA (d1 stage 2). A step is one "
+                                   "optimizer step; a rollout round feeds mu of them.",
+                       formatter_class=HelpFormatter)
     # model
     p.add_argument("--init", default="GSAI-ML/LLaDA-8B-Instruct",
                    help="starting model: hub id / folder (base or merged SFT), an SFT adapter folder, or 'tiny'")
     p.add_argument("--base-model", default=None, help="base model of an --init adapter (default: from its config)")
-    p.add_argument("--lora-r", type=int, default=128, help="LoRA rank; 0 = full fine-tuning")
-    p.add_argument("--lora-alpha", type=float, default=64, help="LoRA alpha (scale alpha / r)")
+    p.add_argument("--lora-r", type=nonneg_int, default=128, help="LoRA rank; 0 = full fine-tuning")
+    p.add_argument("--lora-alpha", type=positive_float, default=64, help="LoRA alpha (scale alpha / r)")
     p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,up_proj",
                    help="block modules to adapt (d1's q/k/v/o/gate/up/down list matches these four in LLaDA)")
     # data
     p.add_argument("--task", default="gsm8k",
                    help="task or comma-separated mix: gsm8k, math, countdown, sudoku (d1's four) and code (KodCode)")
-    p.add_argument("--train-path", default=None, help="local training file (else the hub source of tasks.md)")
+    p.add_argument("--train-path", default=None,
+                   help="local training data, one comma-separated path per task (default: download d1's source, "
+                        "data.SOURCES): JSONL, JSON, CSV or Parquet; .jsonl.gz/.json.gz/.csv.gz; or a datasets "
+                        "save_to_disk folder")
+    p.add_argument("--countdown-test-path", default=None,
+                   help="a local copy of d1's Countdown test file (countdown_cd3_test.jsonl), whose items are removed "
+                        "from Countdown training (default: download it once)")
     p.add_argument("--style", default="rl", choices=["rl", "compact"], help="prompt style (compact: tiny models)")
-    p.add_argument("--max-prompt-length", type=int, default=None,
+    p.add_argument("--max-prompt-length", type=positive_int, default=None,
                    help="prompts are left-truncated to this many tokens (default: 200 as d1; 512 with code)")
     # rollouts
-    p.add_argument("--num-generations", type=int, default=6, help="G: completions per prompt")
-    p.add_argument("--prompts-per-step", type=int, default=16,
+    p.add_argument("--num-generations", type=bounded(int, 2), default=6,
+                   help="G: completions per prompt (advantages compare them: at least 2)")
+    p.add_argument("--prompts-per-step", type=positive_int, default=16,
                    help="prompts per rollout round, all ranks together; every optimizer step of the round uses all "
                         "of their completions")
-    p.add_argument("--gen-length", type=int, default=256)
-    p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--diffusion-steps", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.9)
-    p.add_argument("--gen-batch-size", type=int, default=48, help="completions per sampler call")
-    p.add_argument("--threshold", type=float, default=None, help="opt-in fast parallel decoding for rollouts")
+    p.add_argument("--gen-length", type=positive_int, default=256, help="completion length in tokens")
+    p.add_argument("--block-length", type=positive_int, default=32,
+                   help="semi-autoregressive block length of the rollout sampler (divides --gen-length)")
+    p.add_argument("--diffusion-steps", type=positive_int, default=128,
+                   help="denoising steps per completion (a multiple of the number of blocks)")
+    p.add_argument("--temperature", type=nonneg_float, default=0.9, help="rollout sampling temperature (0 = greedy)")
+    p.add_argument("--gen-batch-size", type=positive_int, default=48, help="completions per sampler call")
+    p.add_argument("--threshold", type=probability, default=None,
+                   help="opt-in fast parallel decoding for rollouts: commit every token above this confidence")
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
                    help="opt-in approximate KV cache for rollouts (Fast-dLLM); changes the samples")
     # objective
-    p.add_argument("--mu", type=int, default=None,
+    p.add_argument("--mu", type=positive_int, default=None,
                    help="inner iterations = optimizer steps per rollout round (default: d1's per task, 12 or 8)")
-    p.add_argument("--p-mask-prompt", type=float, default=0.15)
-    p.add_argument("--eps", type=float, default=0.5, help="clipping epsilon")
-    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient (0 skips the reference pass)")
+    p.add_argument("--p-mask-prompt", type=probability, default=0.15,
+                   help="probability that the estimator masks each prompt token")
+    p.add_argument("--eps", type=nonneg_float, default=0.5, help="clipping epsilon")
+    p.add_argument("--beta", type=nonneg_float, default=0.04, help="KL coefficient (0 skips the reference pass)")
     p.add_argument("--scale-rewards", action="store_true", help="divide advantages by the group std (d1: no)")
     p.add_argument("--random-reward", action="store_true", help="control run: train on U(0,1) noise as reward")
     # optimisation
-    p.add_argument("--lr", type=float, default=3e-6)
-    p.add_argument("--warmup-steps", type=int, default=None,
+    p.add_argument("--lr", type=nonneg_float, default=3e-6, help="AdamW learning rate (0: the policy never moves)")
+    p.add_argument("--warmup-steps", type=nonneg_int, default=None,
                    help="linear warmup in optimizer steps, HF's formula (lr * step / warmup: 0 at the first step), "
                         "then constant (default: d1's warmup ratio 1e-4 of --max-steps, i.e. 1 step)")
-    p.add_argument("--betas", default="0.9,0.99")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--max-grad-norm", type=float, default=0.2)
-    p.add_argument("--micro-batch-size", type=int, default=6, help="completions per forward/backward")
-    p.add_argument("--logp-batch-size", type=int, default=None,
+    p.add_argument("--betas", default="0.9,0.99", help="AdamW beta1,beta2")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.1, help="AdamW weight decay")
+    p.add_argument("--max-grad-norm", type=nonneg_float, default=0.2,
+                   help="clip the global gradient norm to this; 0 = no clipping")
+    p.add_argument("--micro-batch-size", type=positive_int, default=6,
+                   help="completions per forward/backward (divides each rank's completions of a round)")
+    p.add_argument("--logp-batch-size", type=positive_int, default=None,
                    help="completions per no-grad forward of the old-policy/reference passes (default: all of a "
                         "rank's; lower it if those passes run out of memory)")
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=nonneg_int, default=None,
                    help="OPTIMIZER steps in total (default: d1's per task: gsm8k 7700, math 6600, countdown 5000, "
                         "sudoku 3800); the last round stops early when this is not a multiple of mu")
-    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
     p.add_argument("--fsdp", action="store_true",
                    help="full fine-tuning (--lora-r 0) under torchrun: shard weights, gradients, AdamW state and the "
                         "KL reference over the ranks (FSDP2); checkpoints are sharded (torch.distributed.checkpoint)")
     # bookkeeping
-    p.add_argument("--out-dir", default="out/grpo")
-    p.add_argument("--eval-every", type=int, default=100,
+    p.add_argument("--out-dir", default="out/grpo", help="checkpoints, metrics.jsonl, args.json, merged model")
+    p.add_argument("--eval-every", type=nonneg_int, default=100,
                    help="validation accuracy at the end of the first round reaching each multiple of N optimizer "
                         "steps, and at the end (0 = never)")
-    p.add_argument("--val-size", type=int, default=64, help="validation prompts (held out from TRAINING data)")
-    p.add_argument("--save-every", type=int, default=500,
+    p.add_argument("--val-size", type=nonneg_int, default=64, help="validation prompts (held out from TRAINING data)")
+    p.add_argument("--save-every", type=nonneg_int, default=500,
                    help="checkpoint at the end of the first round reaching each multiple of N optimizer steps, "
-                        "named by the step reached, and at the end")
-    p.add_argument("--keep-last", type=int, default=0, help="keep only the last N checkpoints (0 = all)")
+                        "named by the step reached, and at the end (0: only at the end)")
+    p.add_argument("--keep-last", type=nonneg_int, default=0, help="keep only the last N checkpoints (0 = all)")
     p.add_argument("--resume", default=None, help="checkpoint folder, or 'auto' for the newest in --out-dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --out-dir (checkpoints, metrics, init-merged) and start over; "
+                        "without it (or --resume) a non-empty --out-dir is refused")
     p.add_argument("--merge", action="store_true",
                    help="at the end write out_dir/merged: a full HF-layout model (LoRA merged; --fsdp: gathered)")
     p.add_argument("--export", default=None, metavar="CKPT",
                    help="convert the sharded checkpoint folder CKPT to an HF-layout model in CKPT-hf (one process, "
                         "CPU, in --dtype) and exit")
-    p.add_argument("--dry-run", type=int, nargs="?", const=0, default=None, metavar="WORLD",
-                   help="print the run plan for WORLD processes (default: this launch's) and exit, loading nothing")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
-                   choices=["float32", "bfloat16"])
-    return p.parse_args(argv)
+    p.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="also log the metrics to this Weights & Biases project (needs `pip install wandb`)")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write the metrics as TensorBoard events to DIR (needs `pip install tensorboard`)")
+    # (const 0 = "this launch's world size"; an explicit 0 is refused by the type)
+    p.add_argument("--dry-run", type=positive_int, nargs="?", const=0, default=None, metavar="WORLD",
+                   help="print the run plan for WORLD processes (no WORLD: this launch's) and exit, loading nothing")
+    p.add_argument("--seed", type=int, default=42, help="prompt order, rollout noise, estimator masks, LoRA init")
+    p.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="compute dtype (auto: bfloat16 on a GPU, else float32)")
+    return p
+
+
+def parse_args(argv=None):
+    """The flags, checked before anything loads: one parser error (exit status 2) names the flag, value and rule.
+    The per-task defaults (mu, --max-steps, ...) are filled in by resolve_defaults."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    tasks = [t.strip() for t in args.task.split(",")]
+    args.task = ",".join(tasks)
+    unknown = [t for t in tasks if t not in TASK_MU]
+    if unknown or len(set(tasks)) < len(tasks):
+        p.error(f"--task {args.task}: {'unknown ' + ', '.join(unknown) if unknown else 'a task twice'}; choose from "
+                f"{', '.join(TASK_MU)}")
+    if args.train_path is not None:
+        if len(args.train_path.split(",")) != len(tasks):
+            p.error(f"--train-path {args.train_path}: one path per --task ({len(tasks)}), comma-separated")
+        check_paths(p, "--train-path", args.train_path)
+    if args.countdown_test_path is not None:
+        if "countdown" not in tasks:
+            p.error(f"--countdown-test-path {args.countdown_test_path}: used only with --task countdown")
+        check_paths(p, "--countdown-test-path", args.countdown_test_path)
+    if args.init != "tiny":
+        check_model_arg(p, "--init", args.init)
+    check_model_arg(p, "--base-model", args.base_model)
+    if args.lora_r > 0:
+        check_lora_targets(p, "--lora-targets", args.lora_targets)
+    try:
+        betas = [float(b) for b in args.betas.split(",")]
+    except ValueError:
+        betas = []
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        p.error(f"--betas {args.betas}: expected two numbers in [0, 1), e.g. 0.9,0.99")
+    if args.gen_length % args.block_length:
+        p.error(f"--gen-length {args.gen_length}: must be a multiple of --block-length {args.block_length}")
+    blocks = args.gen_length // args.block_length
+    if args.diffusion_steps % blocks:
+        p.error(f"--diffusion-steps {args.diffusion_steps}: must be a multiple of the {blocks} blocks "
+                f"(--gen-length {args.gen_length} / --block-length {args.block_length})")
+    if args.fsdp and (args.lora_r > 0 or ("RANK" not in os.environ and args.dry_run is None)):
+        p.error("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
+    if args.fsdp and args.threshold is not None:
+        p.error("--threshold makes the number of sampler forwards differ between ranks, which FSDP's collective "
+                "all-gathers cannot follow: leave it unset with --fsdp")
+    world = args.dry_run or int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets WORLD_SIZE before we start
+    if args.prompts_per_step % world:
+        p.error(f"--prompts-per-step {args.prompts_per_step}: must be divisible by the {world} processes (each rank "
+                "owns whole prompt groups)")
+    local = args.prompts_per_step // world * args.num_generations
+    if local % args.micro_batch_size:
+        p.error(f"--micro-batch-size {args.micro_batch_size}: must divide the {local} completions per process "
+                f"({args.prompts_per_step} prompts x G={args.num_generations} over {world} process(es))")
+    if args.resume not in (None, "auto"):
+        check_paths(p, "--resume", args.resume)
+    if args.export:
+        check_paths(p, "--export", args.export)
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out-dir, --overwrite deletes it: pass one of them")
+    check_out_dir(p, "--out-dir", args.out_dir)
+    check_optional_package(p, "--wandb", args.wandb, "wandb", "wandb")
+    check_optional_package(p, "--tensorboard", args.tensorboard, "tensorboard", "tensorboard")
+    if args.tensorboard:
+        check_out_dir(p, "--tensorboard", args.tensorboard)
+    resolve_device(p, args)
+    if args.lr == 0 and os.environ.get("RANK", "0") == "0" and args.export is None:
+        print("warning: --lr 0: the policy never moves (a diagnostic run)", file=sys.stderr)
+    return args
 
 
 def main(argv=None):
@@ -554,17 +676,19 @@ def main(argv=None):
         out = export_sharded_checkpoint(args.export, args.export.rstrip("/") + "-hf", getattr(torch, args.dtype))
         print(f"wrote {out}")
         return
-    if args.fsdp and (args.lora_r > 0 or ("RANK" not in os.environ and args.dry_run is None)):
-        raise ValueError("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
-    if args.fsdp and args.threshold is not None:
-        raise ValueError("--threshold makes the number of sampler forwards differ between ranks, which FSDP's "
-                         "collective all-gathers cannot follow: leave it unset with --fsdp")
     resolve_defaults(args)
-    tasks, mu, G = args.task.split(","), args.mu, args.num_generations
     if args.dry_run is not None:
         print(run_plan(args, args.dry_run or int(os.environ.get("WORLD_SIZE", 1)), known_train_size(args)))
         return
+    # Rank 0 claims --out-dir before anything loads (torchrun sets RANK before the process group exists).
+    claim = claim_out_dir(args.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
+    with claim if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext():
+        run(args)
 
+
+def run(args):
+    """The run itself, once main has checked the flags, filled the per-task defaults and claimed --out-dir."""
+    tasks, mu, G = args.task.split(","), args.mu, args.num_generations
     # -- distributed setup: the same script runs under `python` and `torchrun`
     ddp = "RANK" in os.environ
     if ddp:
@@ -583,14 +707,8 @@ def main(argv=None):
         # which TF32's 10-bit mantissa holds exactly: tensor-core speed, fp32 accumulation and output.
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    if args.prompts_per_step % world:
-        raise ValueError(f"--prompts-per-step {args.prompts_per_step} must be divisible by the world size {world}: "
-                         "each rank owns whole prompt groups")
-    prompts_per_rank = args.prompts_per_step // world
+    prompts_per_rank = args.prompts_per_step // world  # parse_args checked that these divide
     local_n = prompts_per_rank * G
-    if local_n % args.micro_batch_size:
-        raise ValueError(f"completions per rank ({prompts_per_rank} prompts x {G}) = {local_n} must be divisible "
-                         f"by --micro-batch-size {args.micro_batch_size}")
     accum = local_n // args.micro_batch_size
     if master:
         print(run_plan(args, world, known_train_size(args)), flush=True)
@@ -608,8 +726,10 @@ def main(argv=None):
             print(f"KL reference: a frozen {args.dtype} copy of the weights, {budget['reference'] / 2**30:.2f} GiB "
                   f"per GPU ({'sharded' if args.fsdp else 'replicated'}); --beta 0 drops it and its forward passes")
     mask_id, eos_id = model.config.mask_token_id, model.config.eos_token_id
-    train = data.load_tasks(args.task, "train", path=args.train_path, style=args.style)
-    val = data.load_tasks(args.task, "val", path=args.train_path, style=args.style, limit=args.val_size)
+    train = data.load_tasks(args.task, "train", path=args.train_path, style=args.style,
+                            test_path=args.countdown_test_path)
+    val = data.load_tasks(args.task, "val", path=args.train_path, style=args.style, limit=args.val_size,
+                          test_path=args.countdown_test_path)
     train = [ex for task in tasks for ex in train if ex["task"] == task]  # grouped by task, in --task order
     sizes = [sum(ex["task"] == task for ex in train) for task in tasks]
     if min(sizes) == 0:
@@ -656,9 +776,8 @@ def main(argv=None):
     policy = DDP(model, device_ids=[device] if device.startswith("cuda") else None) if ddp and not args.fsdp else model
     raw = unwrap(policy)
     if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
-    metrics_file = open_metrics(out_dir / "metrics.jsonl", step) if master else None
+    metrics = MetricsLog(out_dir / "metrics.jsonl", step, args.wandb, args.tensorboard, vars(args)) if master else None
     bar = tqdm(total=args.max_steps, initial=step, disable=not master, desc="diffu-GRPO optimizer steps")
 
     # Nothing below draws from the global RNG (every draw is keyed; RL has no dropout): resuming is exact.
@@ -725,8 +844,7 @@ def main(argv=None):
             lines[-1].update(validate(raw, tokenizer, val, args, rank, world, autocast))
         if master:
             for line in lines:
-                metrics_file.write(json.dumps(line) + "\n")
-            metrics_file.flush()
+                metrics.write(line)
             log = lines[0]
             bar.write(f"step {step:5d} round {r + 1:4d} | reward {log['reward']:.3f} ± {log['reward_std']:.3f} | "
                       f"zero-std {log['zero_std_groups']:.2f} | kl {lines[-1]['kl']:.4f} | clip "
@@ -745,6 +863,8 @@ def main(argv=None):
         if ddp:
             dist.barrier()
     bar.close()
+    if master:
+        metrics.close()
     if args.merge and args.fsdp:  # gathered to rank 0, written there (every rank takes part)
         save_pretrained_fsdp(model, out_dir / "merged", tokenizer, dtype)
     elif args.merge and master:
@@ -773,4 +893,4 @@ def validate(model, tokenizer, examples, args, rank, world, autocast) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -59,8 +59,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from data import EVAL_PREFILL, STYLES, format_prompt, load_tasks
-from model import LLaDA, adapter_base, example_generator, load_adapter, load_tokenizer
+from data import EVAL_PREFILL, STYLES, TASKS, format_prompt, load_tasks
+from model import (ArgumentParser, LLaDA, adapter_base, check_model_arg, check_out_dir, check_paths, example_generator,
+                   load_adapter, load_tokenizer, nonneg_float, positive_float, positive_int, probability,
+                   resolve_device, run_cli)
 from rewards import D1_TASKS, eval_score, eval_scores, parsed_answer
 from sample import generate, left_pad
 
@@ -340,13 +342,62 @@ def rescore(path: Path, out_dir: Path):
     print(write_results(out_dir, results, marks, {**extra, "rescored_from": str(path)}))
 
 
+def denoising_steps(args, gen_length: int) -> int:
+    return args.steps if args.steps is not None else int(gen_length * args.steps_ratio)
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """The flags, checked before anything loads: one parser error (exit status 2) names the flag, value and rule."""
+    if args.rescore:
+        check_paths(p, "--rescore", args.rescore)
+    if args.out_dir:
+        check_out_dir(p, "--out-dir", args.out_dir)
+    if args.rescore is not None:
+        return  # nothing else is used
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        p.error(f"--task {args.task}: unknown {', '.join(unknown) or 'nothing'}; choose from {', '.join(TASKS)}")
+    if args.data_path is not None:
+        if len(args.data_path.split(",")) != len(tasks):
+            p.error(f"--data-path {args.data_path}: one path per --task ({len(tasks)}), comma-separated")
+        check_paths(p, "--data-path", args.data_path)
+    if args.countdown_test_path is not None:
+        if "countdown" not in tasks or args.split != "val":
+            p.error(f"--countdown-test-path {args.countdown_test_path}: used only with --task countdown --split val "
+                    "(the test split is --data-path itself)")
+        check_paths(p, "--countdown-test-path", args.countdown_test_path)
+    for flag, value in (("--gen-length", args.gen_length), ("--seeds", args.seeds)):
+        try:
+            numbers = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            numbers = []
+        if not numbers or (flag == "--gen-length" and min(numbers) < 1):
+            p.error(f"{flag} {value}: expected comma-separated {'positive ' * (flag == '--gen-length')}integers")
+    for L in ints(args.gen_length):
+        blocks = L // args.block_length
+        if L % args.block_length:
+            p.error(f"--gen-length {L}: must be a multiple of --block-length {args.block_length}")
+        if denoising_steps(args, L) < 1 or denoising_steps(args, L) % blocks:
+            flag = f"--steps {args.steps}" if args.steps is not None else f"--steps-ratio {args.steps_ratio}"
+            p.error(f"{flag}: the {denoising_steps(args, L)} denoising steps of --gen-length {L} must be a positive "
+                    f"multiple of its {blocks} blocks")
+    if args.checkpoints and args.adapter:
+        p.error("--adapter and --checkpoints are exclusive (list adapter folders in --checkpoints)")
+    check_paths(p, "--checkpoints", args.checkpoints)
+    check_paths(p, "--adapter", args.adapter)
+    check_paths(p, "--val-file", args.val_file)
+    check_model_arg(p, "--model", args.model)
+    resolve_device(p, args)
+
+
 def main(argv=None):
     class Formatter(argparse.RawDescriptionHelpFormatter):  # keeps the docstring's layout; shows real defaults
         def _get_help_string(self, action):
             shown = action.default not in (None, argparse.SUPPRESS) and action.default is not False
             return action.help + (" (default: %(default)s)" if shown else "")
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=__doc__, formatter_class=Formatter,
         epilog="Checkpoint selection: with --checkpoints the LAST checkpoint is marked, and, when validation scores\n"
                "exist (--val-file), the checkpoint best on VALIDATION. Never pick a checkpoint by its test accuracy:\n"
@@ -369,27 +420,34 @@ def main(argv=None):
                    help="comma-separated tasks: gsm8k, math, countdown, sudoku; coding: humaneval, mbpp (test split), "
                         "code (KodCode, --split val only)")
     p.add_argument("--split", default="test", choices=["test", "val"], help="test set, or the validation split (for selection)")
-    p.add_argument("--data-path", default=None, help="local data file, one comma-separated path per task (default: download)")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task (quick checks)")
+    p.add_argument("--data-path", default=None,
+                   help="local data, one comma-separated path per task (default: download): JSONL, JSON, CSV or "
+                        "Parquet; .jsonl.gz/.json.gz/.csv.gz (e.g. HumanEval.jsonl.gz); or a datasets save_to_disk "
+                        "folder")
+    p.add_argument("--countdown-test-path", default=None,
+                   help="with --split val: a local copy of d1's Countdown test file, whose items are removed from the "
+                        "validation split (default: download it once)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N items of each task (quick checks)")
     p.add_argument("--style", default="eval", choices=STYLES, help="prompt style: d1's eval prompts, RL prompts, or bare question")
     p.add_argument("--prefill", default=None, help=f"text after the assistant header (default: {EVAL_PREFILL!r}; '' for --style compact)")
     p.add_argument("--gen-length", default="128,256,512", help="comma-separated completion lengths")
-    p.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (overrides --steps-ratio)")
-    p.add_argument("--steps-ratio", type=float, default=0.5, help="steps = gen_length * ratio")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (d1)")
-    p.add_argument("--threshold", type=float, default=None, help="sampler fast mode: commit all tokens above this confidence (changes outputs)")
+    p.add_argument("--block-length", type=positive_int, default=32, help="semi-autoregressive block length")
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (overrides --steps-ratio)")
+    p.add_argument("--steps-ratio", type=positive_float, default=0.5, help="steps = gen_length * ratio")
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (d1)")
+    p.add_argument("--threshold", type=probability, default=None, help="sampler fast mode: commit all tokens above this confidence (changes outputs)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; with temperature > 0 mean and std over seeds are reported")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass per process (d1: 8)")
-    p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
-                   choices=["float32", "bfloat16", "float16"], help="model weights dtype")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass per process (d1: 8)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model weights dtype (auto: bfloat16 on a GPU, else float32)")
+    p.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--out-dir", default=None, help=f"where generations.jsonl, results.json and results.md go (default: "
                    f"{DEFAULT_OUT}; with --rescore FILE: FILE's folder)")
     p.add_argument("--rescore", nargs="?", const="", default=None, metavar="FILE",
                    help="re-score a generations JSONL (no FILE: OUT_DIR/generations.jsonl) with the current parsers, "
                         "both protocols, without loading a model; rewrites its parsed answers and scores")
     args = p.parse_args(argv)
+    check_args(p, args)
 
     if args.rescore is not None:  # no model, no process group: parse and score the stored completions again
         path = Path(args.rescore or Path(args.out_dir or DEFAULT_OUT) / "generations.jsonl")
@@ -415,16 +473,9 @@ def main(argv=None):
         if master:
             print(f"temperature 0 is deterministic: using seed {seeds[0]} only")
     prefill = args.prefill if args.prefill is not None else ("" if args.style == "compact" else EVAL_PREFILL)
-    steps = {L: args.steps or int(L * args.steps_ratio) for L in lengths}
-    for L in lengths:
-        blocks = L // args.block_length
-        if L % args.block_length or not blocks or steps[L] % blocks:
-            p.error(f"gen length {L} must be a multiple of --block-length {args.block_length}, and steps "
-                    f"({steps[L]}) a positive multiple of its {blocks} blocks")
+    steps = {L: denoising_steps(args, L) for L in lengths}
 
     if args.checkpoints:
-        if args.adapter:
-            p.error("--adapter and --checkpoints are exclusive (list adapter folders in --checkpoints)")
         ckpts = list_checkpoints(args.checkpoints)
         run_dir = ckpts[0].parent
         val_file = Path(args.val_file) if args.val_file else run_dir / "metrics.jsonl"
@@ -443,7 +494,8 @@ def main(argv=None):
         ckpts, marks = [Path(args.adapter) if args.adapter else None], {}
         labels = [args.adapter or args.model or DEFAULT_MODEL]
 
-    examples = load_tasks(args.task, args.split, args.data_path, args.style, args.limit)
+    examples = load_tasks(args.task, args.split, args.data_path, args.style, args.limit,
+                          test_path=args.countdown_test_path)
     by_task = defaultdict(list)
     for ex in examples:
         by_task[ex["task"]].append(ex)
@@ -501,4 +553,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

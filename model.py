@@ -10,7 +10,8 @@ tokens hidden behind a [MASK] token. Everything the other scripts need from the 
     model.save_pretrained  the same HF layout back (shards + index + config.json [+ tokenizer])
     example_generator, row_uniforms, mask_tokens      the forward masking process, keyed randomness
     LoRALinear, apply_lora, lora_disabled, merge_lora, save_adapter, load_adapter   (PEFT file layout)
-    save_checkpoint, load_checkpoint_state, checkpoints, open_metrics               training checkpoints/logs
+    save_checkpoint, load_checkpoint_state, checkpoints, MetricsLog                 training checkpoints/logs
+    ArgumentParser, bounded, resolve_device, claim_out_dir, run_cli                 the scripts' command lines
     shard_fsdp, save/load_sharded_checkpoint, memory_budget                         FSDP2 full fine-tuning
     load_tokenizer, save_tokenizer, make_char_tokenizer
 
@@ -21,14 +22,21 @@ configuration_llada.py and modeling_llada.py, copied beside it, load offline) an
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import dis
+import fnmatch
 import hashlib
+import importlib.util
 import json
 import math
 import os
 import re
 import shutil
+import socket
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -417,6 +425,9 @@ def checkpoint_key(state_dict_key: str) -> str:
     return "model." + state_dict_key
 
 
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name: what is not a local path may be a hub repository
+
+
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
     """A local folder, or a hub id resolved to a local folder (downloaded when online, else from the cache).
     The hub's known failures (offline, unknown or gated repository, HTTP errors) become one line each, without
@@ -429,7 +440,7 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
     if p.exists():
         raise NotADirectoryError(f"{p} is a file; expected a checkpoint folder (config.json + *.safetensors)")
     hub_id = str(path_or_hub_id)
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id):
+    if not HUB_ID.fullmatch(hub_id):
         raise FileNotFoundError(f"no such checkpoint folder: {p}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -790,6 +801,46 @@ def open_metrics(path, resumed_step: int):
     return open(path, "a")
 
 
+class MetricsLog:
+    """A run's metrics, one dict per `write`: a JSON line in metrics.jsonl (open_metrics) and, when asked for, the
+    same numbers to Weights & Biases (`wandb_project`) and TensorBoard (event files in `tensorboard_dir`), keyed
+    on the dict's "step". Neither package is a dependency (check_optional_package refuses the flag at start-up
+    when its package is missing). Rank 0 makes one; other ranks log nothing."""
+
+    def __init__(self, path, resumed_step: int, wandb_project: str | None = None, tensorboard_dir=None,
+                 config: dict | None = None):
+        path = Path(path)
+        self.file = open_metrics(path, resumed_step)
+        self.wandb = self.tensorboard = None
+        if wandb_project:  # a new wandb run per launch, named after the run folder, its files in OUT/wandb
+            import wandb
+            (path.parent / "wandb").mkdir(exist_ok=True)
+            self.wandb = wandb.init(project=wandb_project, name=path.parent.name, config=config,
+                                    dir=str(path.parent))
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(tensorboard_dir))
+
+    def write(self, row: dict):
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        numbers = {k: v for k, v in row.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=row["step"])
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, row["step"])
+            self.tensorboard.flush()
+
+    def close(self):
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
 def checkpoints(out_dir) -> list[Path]:
     """Finished training checkpoints of a run folder (step-NNNNNN with state.json), oldest first."""
     return sorted(p for p in Path(out_dir).glob("step-*") if p.name[5:].isdigit() and (p / "state.json").is_file())
@@ -819,6 +870,268 @@ def load_checkpoint_state(folder, model: LLaDA, optimizer=None) -> dict:
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
     with open(folder / "state.json") as f:
         return json.load(f)
+
+
+# -----------------------------------------------------------------------------
+# Command lines and run folders (shared by the scripts)
+#
+# Every script checks its arguments right after parsing, before anything slow (the model, the data, the process
+# group): a bad value is one argparse error naming the flag, the value and the rule (exit status 2). 0 means 0;
+# an unset option is None. The run folder (--out-dir) is claimed before anything loads (claim_out_dir), and
+# run_cli turns the errors the project raises on purpose into one line each (exit status 1).
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with one-line errors, "sft.py: error: argument --epochs: must be >= 1, got 0", without
+    the usage summary of every flag in front (--help shows it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def bounded(kind=int, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False):
+    """An argparse `type`: a finite number of `kind` (int or float) in [lo, hi], an end open with lo_open/hi_open.
+    argparse reports a value outside as "argument --flag: must be >= 1, got 0"."""
+    rule = " and ".join([f"{'>' if lo_open else '>='} {lo}"] * (lo is not None)
+                        + [f"{'<' if hi_open else '<='} {hi}"] * (hi is not None))
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
+                                             f"{text!r}") from None
+        below = lo is not None and (value <= lo if lo_open else value < lo)
+        above = hi is not None and (value >= hi if hi_open else value > hi)
+        if not math.isfinite(value) or below or above:
+            raise argparse.ArgumentTypeError(f"must be {rule or 'finite'}, got {text}")
+        return value
+    return parse
+
+
+positive_int = bounded(int, 1)  # counts that cannot be 0: batch sizes, lengths, mu, ...
+nonneg_int = bounded(int, 0)  # counts where 0 means zero (steps, warmup, "every N" where 0 = never)
+nonneg_float = bounded(float, 0.0)
+positive_float = bounded(float, 0.0, lo_open=True)
+probability = bounded(float, 0.0, 1.0)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that shows each default once: "(default: X)" is added unless the help text already says what
+    happens by default, or the default is None or False (unset, off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def resolve_device(parser: argparse.ArgumentParser, args) -> None:
+    """--device auto -> cuda when torch sees a GPU, else cpu; --dtype auto -> bfloat16 on cuda, else float32 (in
+    place). A device this machine lacks is a parser error, raised before anything loads."""
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device}: not a device (auto, cpu, cuda, cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU (CUDA build: "
+                         f"{torch.version.cuda}); use --device cpu, or install the torch build for your CUDA")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            parser.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if getattr(args, "dtype", None) == "auto":
+        args.dtype = "bfloat16" if device.type == "cuda" else "float32"
+
+
+def check_optional_package(parser: argparse.ArgumentParser, flag: str, value, module: str, install: str) -> None:
+    """A flag that needs an optional package (--wandb: wandb, --tensorboard: tensorboard) is refused at start-up
+    when the package is missing, not after the model loaded."""
+    if value and importlib.util.find_spec(module) is None:
+        parser.error(f"{flag} {value}: needs the optional package {module!r}, which is not installed "
+                     f"(pip install {install})")
+
+
+def check_out_dir(parser: argparse.ArgumentParser, flag: str, path) -> None:
+    """An output folder that is a file, or lies under one, is a parser error (it would fail after loading)."""
+    for p in [Path(path), *Path(path).parents]:
+        if p.exists():
+            if not p.is_dir():
+                parser.error(f"{flag} {path}: {p} is a file, not a folder")
+            return
+
+
+def check_paths(parser: argparse.ArgumentParser, flag: str, value) -> None:
+    """Every comma-separated path of an option must exist (a data file, a folder, a checkpoint)."""
+    for path in [v.strip() for v in str(value).split(",") if v.strip()] if value else []:
+        if not Path(path).exists():
+            parser.error(f"{flag} {value}: no such file or folder: {path}")
+
+
+def check_model_arg(parser: argparse.ArgumentParser, flag: str, value) -> None:
+    """A model is a checkpoint folder or a hub id (owner/name): a missing local path or a file is refused here,
+    a hub id is looked up when the model loads."""
+    if value is None:
+        return
+    p = Path(value)
+    if p.exists() and not p.is_dir():
+        parser.error(f"{flag} {value}: a file; expected a checkpoint folder (config.json + *.safetensors) or a hub id")
+    if not p.exists() and not HUB_ID.fullmatch(str(value)):
+        parser.error(f"{flag} {value}: no such folder (and not a hub id of the form owner/name)")
+
+
+def check_lora_targets(parser: argparse.ArgumentParser, flag: str, value: str) -> None:
+    """Comma-separated block Linear layers, each one of LORA_TARGETS."""
+    unknown = sorted(set(t.strip() for t in value.split(",")) - set(LORA_TARGETS))
+    if unknown:
+        parser.error(f"{flag} {value}: unknown {', '.join(unknown)}; choose from {','.join(LORA_TARGETS)}")
+
+
+# What a training run writes into its --out-dir: what --overwrite may delete.
+RUN_FILES = ("args.json", "metrics.jsonl", "step-*", "merged", "init-merged", "wandb", "tensorboard")
+LOCK_FILE = "run.lock"
+TEMP_DIR = re.compile(r".+\.(?:tmp|old)(\d+)")  # atomic_dir's and save_sharded_checkpoint's temporary names
+
+
+@contextlib.contextmanager
+def claim_out_dir(out_dir, *, resume: bool = False, overwrite: bool = False, run_files=RUN_FILES,
+                  resumable: bool = True, log=print):
+    """Hold the run folder for one run: call on rank 0 only, before anything loads.
+
+    - a lock (OUT/run.lock, naming the pid and host) is held while the run writes: a second run into the same
+      folder is refused; a dead run's lock is taken over with a message (lock_out_dir);
+    - temporary checkpoint folders of dead runs (step-N.tmpPID, *.oldPID) are deleted;
+    - a folder that already holds anything is refused, unless `resume` (continue the run in it) or `overwrite`,
+      which first deletes the earlier run's files (only names in run_files: anything else there is refused), so
+      nothing of the old run survives to be resumed by a later --resume auto (resumable=False: the refusal does
+      not offer --resume)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = lock_out_dir(out_dir, log)
+    try:
+        for p in sorted(out_dir.iterdir()):
+            m = TEMP_DIR.fullmatch(p.name)
+            if m and p.is_dir():
+                pid = int(m.group(1))
+                if pid != os.getpid() and pid_alive(pid):
+                    log(f"left {p} alone: process {pid} is still running")
+                    continue
+                shutil.rmtree(p)
+                log(f"removed {p}: a temporary checkpoint folder of a run that died (pid {pid})")
+        held = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
+        if held and not resume:
+            listed = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+            if not overwrite:
+                raise FileExistsError(f"{out_dir} already holds a run ({listed}): pass "
+                                      + "--resume auto to continue it, " * resumable
+                                      + "--overwrite to delete it and start over, or choose another --out-dir")
+            foreign = [n for n in held if not any(fnmatch.fnmatch(n, pattern) for pattern in run_files)]
+            if foreign:
+                raise FileExistsError(f"--overwrite deletes only a run's own files, and {out_dir} also holds "
+                                      f"{', '.join(foreign)}: move them or choose another --out-dir")
+            for name in held:
+                (shutil.rmtree if (out_dir / name).is_dir() else os.remove)(out_dir / name)
+            log(f"--overwrite: deleted the earlier run in {out_dir} ({listed})")
+        yield out_dir
+    finally:
+        lock_path = out_dir / LOCK_FILE
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:  # still our lock file
+                os.remove(lock_path)
+        os.close(fd)  # releases the flock
+
+
+def lock_out_dir(out_dir: Path, log=print) -> int:
+    """Take OUT/run.lock; returns its descriptor (close it to release). The lock is an flock, which the kernel
+    drops when its process dies, so a lock that can be taken is free: the file names the pid and host of its
+    last holder, for the messages. A lock file of another host is refused: this host cannot tell whether that
+    run is alive (and a network filesystem may not share flocks between hosts)."""
+    import fcntl
+    path = out_dir / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise FileExistsError(f"{out_dir} is in use by another run (pid {holder.get('pid', '?')} on "
+                                  f"{holder.get('host', '?')}, since {holder.get('started', '?')}; lock file "
+                                  f"{path}): wait for it to end, or choose another --out-dir") from None
+        except OSError as e:
+            os.close(fd)
+            raise RuntimeError(f"cannot lock {path} ({e}): this filesystem does not support file locks; choose "
+                               "an --out-dir on another filesystem") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not a file a finishing run deleted meanwhile
+                break
+        os.close(fd)
+    holder, host = _lock_holder(fd), socket.gethostname()
+    if holder.get("host", host) != host:
+        os.close(fd)
+        raise FileExistsError(f"{path} names a run of pid {holder.get('pid', '?')} on host {holder['host']}, which "
+                              f"this host ({host}) cannot check: if that run has ended, delete {path}")
+    if holder.get("pid") is not None:
+        log(f"{out_dir}: taking over the lock of pid {holder['pid']} (no longer running)")
+    record = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    return fd
+
+
+def _lock_holder(fd: int) -> dict:
+    """The JSON record of a lock file ({} when empty or unreadable)."""
+    try:
+        record = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+PROJECT_DIR = Path(__file__).resolve().parent
+ENVIRONMENT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError,
+                      ConnectionError, TimeoutError, ImportError)
+
+
+def raised_by_project(e: BaseException) -> bool:
+    """Raised on purpose by a `raise` statement in this project's files: a message written for the user (a bad row
+    of data, a refused folder, a wrong base model, ...), not an error inside an expression (torch ops, indexing)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # the innermost frame: where it was raised
+    if tb is None or Path(tb.tb_frame.f_code.co_filename).resolve().parent not in (PROJECT_DIR, PROJECT_DIR / "runs"):
+        return False
+    op = next((i.opname for i in dis.get_instructions(tb.tb_frame.f_code) if i.offset == tb.tb_lasti), None)
+    return op == "RAISE_VARARGS"
+
+
+def run_cli(main, argv=None):
+    """Run a script's main(argv) as a command. The known failures, errors the project raises on purpose
+    (raised_by_project) and file, network and missing-package errors (ENVIRONMENT_ERRORS), print one line,
+    "<script>: error: <message>", and exit with status 1. Anything else (a bug, an error inside torch) keeps its
+    traceback, and with D1_DEBUG=1 every error does."""
+    try:
+        return main(argv)
+    except Exception as e:
+        ours = raised_by_project(e)
+        if os.environ.get("D1_DEBUG", "0") not in ("", "0") or not (ours or isinstance(e, ENVIRONMENT_ERRORS)):
+            raise
+        text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)  # KeyError: no quotes
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {text if ours else f'{type(e).__name__}: {text}'}")
 
 
 # -----------------------------------------------------------------------------

@@ -33,12 +33,12 @@ CLI: python sample.py --model GSAI-ML/LLaDA-8B-Instruct --prompt "What is 7 * 8?
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from model import KVCache
+from model import (ArgumentParser, HelpFormatter, KVCache, check_model_arg, check_paths, nonneg_float, positive_int,
+                   probability, resolve_device, run_cli)
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
@@ -214,29 +214,43 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
 # CLI
 
 
-def main():
-    p = argparse.ArgumentParser(description="Sample from a LLaDA checkpoint with the masked denoising sampler.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def main(argv=None):
+    p = ArgumentParser(description="Sample from a LLaDA checkpoint with the masked denoising sampler.",
+                       formatter_class=HelpFormatter)
     p.add_argument("--model", default=None,
                    help="checkpoint folder or hub id (default: the --adapter's recorded base, else "
                         "GSAI-ML/LLaDA-8B-Instruct); 'tiny' = a random tiny model (smoke test)")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder (PEFT layout) to apply")
     p.add_argument("--prompt", action="append", required=True, help="user message (repeat for a batch)")
     p.add_argument("--prefill", default="", help="text appended after the assistant header, e.g. '<reasoning>'")
-    p.add_argument("--gen-length", type=int, default=128, help="completion length in tokens")
-    p.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen_length / 2)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
-    p.add_argument("--remasking", default="low_confidence", choices=REMASKING)
-    p.add_argument("--threshold", type=float, default=None, help="fast mode: commit all positions above this confidence")
+    p.add_argument("--gen-length", type=positive_int, default=128, help="completion length in tokens")
+    p.add_argument("--block-length", type=positive_int, default=32,
+                   help="semi-autoregressive block length (divides --gen-length)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps, a multiple of the number of blocks (default: gen_length / 2)")
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy")
+    p.add_argument("--cfg-scale", type=nonneg_float, default=0.0, help="classifier-free guidance scale (0 = off)")
+    p.add_argument("--remasking", default="low_confidence", choices=REMASKING,
+                   help="which proposals a step commits: the most confident, or random ones")
+    p.add_argument("--threshold", type=probability, default=None,
+                   help="fast mode: commit all positions above this confidence")
     p.add_argument("--cache", default="none", choices=CACHE_MODES,
                    help="fast mode: approximate KV cache refreshed once per block (prefix, or dual = prefix + suffix)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
-                   choices=["float32", "bfloat16", "float16"])
-    args = p.parse_args()
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (temperature > 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (auto: bfloat16 on a GPU, else float32)")
+    args = p.parse_args(argv)
+    steps = args.steps if args.steps is not None else args.gen_length // 2
+    if args.gen_length % args.block_length:
+        p.error(f"--gen-length {args.gen_length}: must be a multiple of --block-length {args.block_length}")
+    if steps < 1 or steps % (args.gen_length // args.block_length):
+        p.error(f"--steps {steps}: must be a positive multiple of the {args.gen_length // args.block_length} blocks "
+                f"(--gen-length {args.gen_length} / --block-length {args.block_length})")
+    if args.model not in (None, "tiny"):
+        check_model_arg(p, "--model", args.model)
+    check_paths(p, "--adapter", args.adapter)
+    resolve_device(p, args)
 
     from model import LLaDA, adapter_base, load_adapter, load_tokenizer, make_char_tokenizer, preset_config
     dtype = getattr(torch, args.dtype)
@@ -256,7 +270,6 @@ def main():
     tokenizer.padding_side = "left"
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     ids, mask = enc["input_ids"].to(args.device), enc["attention_mask"].to(args.device)
-    steps = args.steps or args.gen_length // 2
     gen = torch.Generator(args.device).manual_seed(args.seed)
     t0 = time.time()
     out = generate(model, ids, mask, steps=steps, gen_length=args.gen_length, block_length=args.block_length,
@@ -269,4 +282,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

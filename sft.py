@@ -29,7 +29,8 @@ at 8B. Plain DDP replicates them on every GPU (fine for small models); --fsdp sh
 (FSDP2: model.shard_fsdp, one unit per block + head + root, bf16 compute, fp32 reduce) and writes sharded
 checkpoints (torch.distributed.checkpoint; --export converts one to an HF-layout model). --fsdp is explicit,
 never automatic: with LoRA, DDP stays the path. Start-up prints the per-GPU memory budget (model.memory_budget,
-computed) and refuses to start when it exceeds the GPU's memory.
+computed) and refuses to start when it exceeds the GPU's memory. Flags are checked before anything loads; a used
+--out-dir is refused unless --resume auto (continue) or --overwrite (start over), see model.claim_out_dir.
 
 CPU (tiny model from scratch, a prompt/answer JSONL such as {"prompt": "sort 312", "answer": "123"}):
     python sft.py --init-from-scratch tiny --data pairs.jsonl --lora-r 0 --lr 1e-3 --epochs 5 \\
@@ -37,7 +38,7 @@ CPU (tiny model from scratch, a prompt/answer JSONL such as {"prompt": "sort 312
 The plan only (no model loaded):
     python sft.py --data s1k --dry-run 8 --grad-accum 1
 1 GPU (d1's run: s1K, LoRA r=128, effective batch 8):
-    python sft.py --data s1k --grad-checkpointing --merge --out-dir out/sft-s1k
+    python sft.py --data s1k --grad-checkpointing --merge --out-dir out/sft --device cuda-s1k
 8 GPUs:
     torchrun --standalone --nproc_per_node=8 sft.py --data s1k --grad-accum 1 --grad-checkpointing --merge \\
         --out-dir out/sft-s1k
@@ -52,10 +53,10 @@ The plan only (no model loaded):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -67,12 +68,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data import format_prompt, load_s1k, load_sft_file
-from model import (LORA_TARGETS, Config, LLaDA, apply_lora, check_memory_budget, checkpoints, example_generator,
-                   export_sharded_checkpoint, load_checkpoint_state, load_sharded_checkpoint, load_tokenizer,
-                   make_char_tokenizer, mask_tokens, memory_budget, merge_lora, open_metrics, preset_config,
-                   resolve_checkpoint, row_uniforms, save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint,
-                   shard_fsdp)
+from data import S1K_HUB, format_prompt, load_s1k, load_sft_file
+from model import (LORA_TARGETS, ArgumentParser, Config, HelpFormatter, LLaDA, MetricsLog, apply_lora, bounded,
+                   check_lora_targets, check_memory_budget, check_model_arg, check_optional_package, check_out_dir,
+                   check_paths, checkpoints, claim_out_dir, example_generator, export_sharded_checkpoint,
+                   load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, make_char_tokenizer, mask_tokens,
+                   memory_budget, merge_lora, nonneg_float, nonneg_int, positive_float, positive_int, preset_config,
+                   resolve_checkpoint, resolve_device, row_uniforms, run_cli, save_checkpoint, save_pretrained_fsdp,
+                   save_sharded_checkpoint, shard_fsdp)
 
 # Random streams are told apart by the number of keys given to example_generator:
 # (seed,) the validation split, (seed, epoch) the data order, (seed, step, example) t and the mask,
@@ -198,42 +201,55 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 # Training
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Masked SFT of LLaDA (d1 stage 1).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+DATA_FORMATS = ("JSONL, JSON (a list, or JSON Lines as Dataset.to_json writes), CSV or Parquet; .jsonl.gz/.json.gz/"
+                ".csv.gz; or a folder written by datasets' save_to_disk")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description="Masked SFT of LLaDA (d1 stage 1). A step is one optimizer step.",
+                       formatter_class=HelpFormatter)
     p.add_argument("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="checkpoint folder or hub id to fine-tune")
     p.add_argument("--init-from-scratch", default=None, choices=["tiny", "demo", "llada-8b"],
                    help="train a randomly initialised model of this preset instead of loading --model")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer folder/hub id; unset: --model's, or a character tokenizer with --init-from-scratch")
-    p.add_argument("--data", default="s1k", help="'s1k' (d1's SFT data) or a JSONL file with 'prompt' and 'answer'")
-    p.add_argument("--data-path", default=None, help="local copy of s1K (JSONL/JSON/Parquet) instead of the hub")
-    p.add_argument("--max-length", type=int, default=4096, help="token cap per example; longer answers are cut")
-    p.add_argument("--pad-answers-to", type=int, default=0,
+                   help="tokenizer folder/hub id (default: --model's, or a character tokenizer with "
+                        "--init-from-scratch)")
+    p.add_argument("--data", default="s1k",
+                   help="'s1k' (d1's SFT data, simplescaling/s1K), 's1k-1.1' (the same questions with DeepSeek-R1 "
+                        f"traces), or your own file of 'prompt'/'answer' rows: {DATA_FORMATS}")
+    p.add_argument("--data-path", default=None,
+                   help=f"a local copy of --data s1k or s1k-1.1 instead of the hub ({DATA_FORMATS})")
+    p.add_argument("--max-length", type=positive_int, default=4096,
+                   help="token cap per example; longer answers are cut")
+    p.add_argument("--pad-answers-to", type=nonneg_int, default=0,
                    help="EOS-pad every answer (incl. <|eot_id|>) to at least this many tokens, e.g. the RL "
                         "generation length, so the model learns to stop there (d1 padded whole sequences to "
                         "4096); 0 = pad only to the longest sequence of the batch")
-    p.add_argument("--val-frac", type=float, default=0.01, help="fraction of examples held out for eval loss")
-    p.add_argument("--eps", type=float, default=1e-3, help="mask rate p = eps + (1 - eps) t, t ~ U(0, 1)")
-    p.add_argument("--lora-r", type=int, default=128, help="LoRA rank; 0 = full fine-tuning")
-    p.add_argument("--lora-alpha", type=float, default=256.0, help="LoRA alpha (scale alpha / r)")
-    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    p.add_argument("--val-frac", type=bounded(float, 0.0, 1.0, hi_open=True), default=0.01,
+                   help="fraction of examples held out for the eval loss (0 = none)")
+    p.add_argument("--eps", type=bounded(float, 0.0, 1.0, lo_open=True), default=1e-3,
+                   help="mask rate p = eps + (1 - eps) t, t ~ U(0, 1)")
+    p.add_argument("--lora-r", type=nonneg_int, default=128, help="LoRA rank; 0 = full fine-tuning")
+    p.add_argument("--lora-alpha", type=positive_float, default=256.0, help="LoRA alpha (scale alpha / r)")
+    p.add_argument("--lora-dropout", type=bounded(float, 0.0, 1.0, hi_open=True), default=0.05,
+                   help="dropout on the LoRA input")
     p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj",
                    help=f"comma-separated block Linear layers to adapt, from {','.join(LORA_TARGETS)}")
-    p.add_argument("--epochs", type=int, default=20, help="passes over the training split")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many OPTIMIZER steps (the lr schedule still spans all epochs)")
-    p.add_argument("--batch-size", type=int, default=1, help="micro-batch per device")
-    p.add_argument("--grad-accum", type=int, default=8, help="micro-batches per optimizer step on each device")
-    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (AdamW)")
+    p.add_argument("--epochs", type=positive_int, default=20,
+                   help="passes over the training split (the lr schedule spans them all)")
+    p.add_argument("--max-steps", type=nonneg_int, default=None,
+                   help="stop after this many OPTIMIZER steps (default: all epochs; the lr schedule still spans them)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="micro-batch per device")
+    p.add_argument("--grad-accum", type=positive_int, default=8, help="micro-batches per optimizer step on each device")
+    p.add_argument("--lr", type=nonneg_float, default=1e-5, help="peak learning rate (AdamW); 0 trains nothing")
     p.add_argument("--lr-schedule", default="linear", choices=["linear", "cosine", "constant"],
                    help="decay to 0 after warmup, or constant")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (d1: 0.1)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm; 0 = no clipping")
-    p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
-                   choices=["float32", "bfloat16"],
-                   help="compute dtype (autocast); LoRA keeps base weights in it, full FT keeps fp32 master weights")
+    p.add_argument("--warmup-steps", type=nonneg_int, default=0, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.1, help="AdamW weight decay (d1: 0.1)")
+    p.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="max global grad norm; 0 = no clipping")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="compute dtype (autocast; auto: bfloat16 on a GPU, else float32); LoRA keeps base weights in "
+                        "it, full FT keeps fp32 master weights")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
     p.add_argument("--fsdp", action="store_true",
                    help="full fine-tuning (--lora-r 0) under torchrun: shard weights, gradients and AdamW state over "
@@ -241,22 +257,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", default=None, metavar="CKPT",
                    help="convert the sharded checkpoint folder CKPT to an HF-layout model in CKPT-hf (one process, "
                         "CPU, in --dtype) and exit")
-    p.add_argument("--eval-every", type=int, default=100, help="eval loss every N steps (and at start/end); 0 = off")
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--keep-last", type=int, default=3, help="keep the newest N checkpoints; 0 = keep all")
+    p.add_argument("--eval-every", type=nonneg_int, default=100,
+                   help="eval loss every N steps (and at start/end); 0 = off")
+    p.add_argument("--save-every", type=nonneg_int, default=100, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--keep-last", type=nonneg_int, default=3, help="keep the newest N checkpoints; 0 = keep all")
     p.add_argument("--resume", default=None,
                    help="checkpoint folder, or 'auto' = newest in --out-dir (if any); metrics.jsonl keeps one line per step")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --out-dir (checkpoints, metrics) and start over; without it (or "
+                        "--resume) a non-empty --out-dir is refused")
     p.add_argument("--merge", action="store_true", help="at the end write out_dir/merged: a full HF-layout model")
     p.add_argument("--out-dir", default="out/sft", help="checkpoints, metrics.jsonl, merged model")
+    p.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="also log the metrics to this Weights & Biases project (needs `pip install wandb`)")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write the metrics as TensorBoard events to DIR (needs `pip install tensorboard`)")
     p.add_argument("--seed", type=int, default=0, help="data order, noise, dropout, LoRA/scratch init")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (single process)")
-    p.add_argument("--dry-run", type=int, nargs="?", const=0, default=None, metavar="WORLD",
-                   help="print the run plan for WORLD processes (default: this launch's) and exit, loading no model")
+    p.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--dry-run", type=positive_int, nargs="?", const=0, default=None, metavar="WORLD",
+                   help="print the run plan for WORLD processes (no WORLD: this launch's) and exit, loading no model")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, checked before anything loads: one parser error (exit status 2) names the flag, value and rule."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.fsdp and (args.lora_r > 0 or ("RANK" not in os.environ and args.dry_run is None)):
         p.error("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
-    if args.data_path and args.data != "s1k":
-        p.error("--data-path is a local copy of s1K: use it with --data s1k (a JSONL goes to --data itself)")
+    if args.data_path and args.data not in S1K_HUB:
+        p.error("--data-path is a local copy of s1K: use it with --data s1k or s1k-1.1 (your own file goes to --data)")
+    if args.data not in S1K_HUB:
+        check_paths(p, "--data", args.data)
+    check_paths(p, "--data-path", args.data_path)
+    if args.init_from_scratch is None:
+        check_model_arg(p, "--model", args.model)
+    check_model_arg(p, "--tokenizer", args.tokenizer)
+    if args.lora_r > 0:
+        check_lora_targets(p, "--lora-targets", args.lora_targets)
+    if args.resume not in (None, "auto"):
+        check_paths(p, "--resume", args.resume)
+    if args.export:
+        check_paths(p, "--export", args.export)
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out-dir, --overwrite deletes it: pass one of them")
+    check_out_dir(p, "--out-dir", args.out_dir)
+    check_optional_package(p, "--wandb", args.wandb, "wandb", "wandb")
+    check_optional_package(p, "--tensorboard", args.tensorboard, "tensorboard", "tensorboard")
+    if args.tensorboard:
+        check_out_dir(p, "--tensorboard", args.tensorboard)
+    resolve_device(p, args)
+    if args.lr == 0 and os.environ.get("RANK", "0") == "0" and args.export is None:
+        print("warning: --lr 0: the weights never move (a diagnostic run)", file=sys.stderr)
     return args
 
 
@@ -286,7 +338,7 @@ def run_plan(args, world: int, n_examples: int | None) -> str:
                   f"  optimizer steps   {total:,} = {per_epoch:,} per epoch x {args.epochs} epochs"
                   + (f"; this launch stops at {stop:,}" if stop < total else "")]
     lines.append(f"  learning rate     {args.lr:g} peak, {args.lr_schedule} schedule, {args.warmup_steps} warmup steps")
-    d1 = parse_args([])
+    d1 = build_parser().parse_args([])
     diffs = [f"--{k.replace('_', '-')} {getattr(args, k)} (d1: {getattr(d1, k)})" for k in RECIPE
              if getattr(args, k) != getattr(d1, k)]
     if global_batch != D1_GLOBAL_BATCH:
@@ -296,6 +348,11 @@ def run_plan(args, world: int, n_examples: int | None) -> str:
     return "\n".join(lines)
 
 
+def load_examples(args) -> list[dict]:
+    """The SFT pairs of --data: s1K or s1K-1.1 (from the hub or --data-path), or the user's file."""
+    return load_s1k(args.data_path, S1K_HUB[args.data]) if args.data in S1K_HUB else load_sft_file(args.data)
+
+
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
     if args.export:
@@ -303,11 +360,17 @@ def main(argv: list[str] | None = None):
         print(f"wrote {out}")
         return
     if args.dry_run is not None:
-        n = S1K_EXAMPLES if args.data == "s1k" and args.data_path is None else len(
-            load_s1k(args.data_path) if args.data == "s1k" else load_sft_file(args.data))  # a local file: cheap
+        n = S1K_EXAMPLES if args.data in S1K_HUB and args.data_path is None else len(load_examples(args))  # cheap
         print(run_plan(args, args.dry_run or int(os.environ.get("WORLD_SIZE", 1)), n))
         return
+    # Rank 0 claims --out-dir before anything loads (torchrun sets RANK before the process group exists).
+    claim = claim_out_dir(args.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
+    with claim if int(os.environ.get("RANK", 0)) == 0 else nullcontext():
+        run(args)
 
+
+def run(args):
+    """The run itself, once main has checked the flags and claimed --out-dir."""
     # DDP preamble: torchrun sets RANK; plain `python` runs one process.
     ddp = int(os.environ.get("RANK", -1)) != -1
     if ddp:
@@ -323,11 +386,10 @@ def main(argv: list[str] | None = None):
     log = print if master else (lambda *a, **k: None)
 
     global_batch = args.batch_size * args.grad_accum * world
-    assert args.batch_size > 0 and args.grad_accum > 0 and args.epochs > 0 and 0 <= args.val_frac < 1
-    log(run_plan(args, world, S1K_EXAMPLES if args.data == "s1k" and args.data_path is None else None))
+    log(run_plan(args, world, S1K_EXAMPLES if args.data in S1K_HUB and args.data_path is None else None))
 
     # Data: load, tokenize, split. Every rank holds all of it (small) and takes its slice of each global batch.
-    examples = load_s1k(args.data_path) if args.data == "s1k" else load_sft_file(args.data)
+    examples = load_examples(args)
     dtype = getattr(torch, args.dtype)
     if args.init_from_scratch:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else make_char_tokenizer()
@@ -341,7 +403,9 @@ def main(argv: list[str] | None = None):
             continue
         n_trunc += cut
         encoded.append((ids, n_prompt))
-    assert encoded, f"no usable examples in {args.data} (all {n_dropped} prompts exceed --max-length)"
+    if not encoded:
+        raise ValueError(f"{args.data_path or args.data}: every one of its {n_dropped} prompts fills --max-length "
+                         f"{args.max_length} tokens, leaving no answer token to train on: raise --max-length")
     perm = torch.randperm(len(encoded), generator=example_generator(VAL_SPLIT_SEED)).tolist()
     n_val = max(1, round(len(encoded) * args.val_frac)) if args.val_frac > 0 else 0
     val = [encoded[i] for i in sorted(perm[:n_val])]
@@ -352,7 +416,10 @@ def main(argv: list[str] | None = None):
     log(f"examples {len(examples)}: train {len(train)}, val {len(val)}, truncated at {args.max_length} tokens "
         f"{n_trunc}, dropped (prompt too long) {n_dropped}, longest {max(len(e[0]) for e in encoded)} tokens")
     log(f"steps per epoch {steps_per_epoch}, total steps {total_steps} ({args.epochs} epochs), running to {stop_step}")
-    assert steps_per_epoch > 0, f"{len(train)} training examples is less than one global batch ({global_batch})"
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train)} training examples are fewer than one global batch of {global_batch} "
+                         f"(--batch-size {args.batch_size} x --grad-accum {args.grad_accum} x {world} processes): "
+                         "lower them")
 
     # Model. LoRA: frozen base weights in --dtype, fp32 adapters. Full FT: fp32 master weights. Autocast to --dtype.
     lora = args.lora_r > 0
@@ -401,14 +468,13 @@ def main(argv: list[str] | None = None):
     loss_fn = MaskedSFT(model, args.eps)  # DDP must wrap the module whose forward computes the loss
     if ddp and not args.fsdp:  # (FSDP hooks live on the model itself)
         loss_fn = DDP(loss_fn, device_ids=[local_rank] if device_type == "cuda" else None)
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = open_metrics(out_dir / "metrics.jsonl", start_step) if master else None
+    # (a fresh start drops every line of an earlier metrics.jsonl; a resumed one those after its checkpoint)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", start_step if resume else -1, args.wandb, args.tensorboard,
+                         vars(args)) if master else None
 
     def record(row: dict):
         if master:
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
+            metrics.write(row)
 
     def save(step: int):
         state = dict(step=step, epoch=step / steps_per_epoch, global_batch=global_batch, total_steps=total_steps,
@@ -497,7 +563,7 @@ def main(argv: list[str] | None = None):
             merge_lora(model)
         model.to(dtype).save_pretrained(out_dir / "merged", tokenizer=tokenizer)
         log(f"wrote merged model to {out_dir / 'merged'}")
-    if metrics:
+    if metrics is not None:
         metrics.close()
     if ddp:
         dist.barrier()
@@ -506,4 +572,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

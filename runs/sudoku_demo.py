@@ -1,4 +1,4 @@
-"""The whole d1 recipe on a laptop CPU in about six minutes (one seed, 2 cores): masked SFT, then diffu-GRPO, on 4x4 Sudoku.
+"""The whole d1 recipe on a CPU (a seed: ~6 min on 2 lightly loaded cores): masked SFT, then diffu-GRPO, 4x4 Sudoku.
 
 A 0.9M-parameter LLaDA-architecture model with a character vocabulary is trained from scratch with sft.py on
 generated puzzles, then diffu_grpo.py improves it with the d1 estimator and the Sudoku reward, and eval.py's
@@ -40,7 +40,8 @@ import diffu_grpo  # noqa: E402
 import eval as evaluation  # noqa: E402
 import plot  # noqa: E402
 import sft  # noqa: E402
-from model import COMPACT_CHAT_TEMPLATE, LLaDA, load_tokenizer, make_char_tokenizer  # noqa: E402
+from model import (COMPACT_CHAT_TEMPLATE, ArgumentParser, LLaDA, bounded, check_out_dir, claim_out_dir,  # noqa: E402
+                   load_tokenizer, make_char_tokenizer, probability, run_cli, save_tokenizer)
 
 # RL sizes in OPTIMIZER steps (diffu_grpo's unit): mu = 4 steps per rollout round, so 80 steps = 20 rounds.
 FULL = dict(sft_examples=48000, sft_epochs=2, rl_prompts=4000, test_items=512, rl_steps=80, eval_every=20, rl_extra=[])
@@ -73,7 +74,7 @@ def make_data(folder: Path, sizes: dict, error_rate: float):
     data.write_sudoku_csv(folder / "rl_train.csv", train[sizes["sft_examples"]:])
     test = data.synthetic_task("sudoku", "test", sizes["test_items"], seed=0, blanks=(6, 10))
     data.write_sudoku_csv(folder / "test.csv", test)
-    make_char_tokenizer(chat_template=COMPACT_CHAT_TEMPLATE).save_pretrained(folder / "tokenizer")
+    save_tokenizer(make_char_tokenizer(chat_template=COMPACT_CHAT_TEMPLATE), folder / "tokenizer")  # transformers 4, 5
 
 
 def test_accuracy(ckpt: Path, test: list[dict]) -> dict:
@@ -172,20 +173,36 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# What a seed's folder holds: what --overwrite deletes.
+SEED_FILES = ("data", "sft", "rl", "control", "rl_curves.png", "summary.json")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds (the data is the same for all)")
-    p.add_argument("--out-dir", default="out/demo", help="one folder per seed, plus summary.json / summary.md")
-    p.add_argument("--error-rate", type=float, default=0.6, help="share of cell-15 demonstrations with the taught error")
+    p = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated training seeds (the data is the same for all; default: %(default)s)")
+    p.add_argument("--out-dir", default="out/demo",
+                   help="one folder per seed, plus summary.json / summary.md (default: %(default)s)")
+    p.add_argument("--error-rate", type=probability, default=0.6,
+                   help="share of cell-15 demonstrations with the taught error (default: %(default)s)")
     p.add_argument("--no-control", action="store_true", help="skip the random-reward control run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the seeds' folders of an earlier demo run (without it they are refused)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests): tiny sizes, no claims")
     args = p.parse_args(argv)
+    try:
+        seeds = [bounded(int, 0)(s) for s in args.seeds.split(",")]
+    except argparse.ArgumentTypeError as e:
+        p.error(f"--seeds {args.seeds}: each seed {e}")
+    check_out_dir(p, "--out-dir", args.out_dir)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     sizes = QUICK if args.quick else FULL
     out = Path(args.out_dir)
-    results = [run_seed(int(s), out / f"seed{s}", sizes, args.error_rate, not args.no_control)
-               for s in args.seeds.split(",")]
+    results = []
+    for seed in seeds:  # each seed's folder is claimed like a training run's --out-dir
+        with claim_out_dir(out / f"seed{seed}", overwrite=args.overwrite, run_files=SEED_FILES, resumable=False):
+            results.append(run_seed(seed, out / f"seed{seed}", sizes, args.error_rate, not args.no_control))
     md = table(results)
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     (out / "summary.md").write_text(md + "\n")
@@ -194,4 +211,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -21,6 +21,8 @@ def test_demo_pipeline_quick(tmp_path, capsys):
     except ImportError:
         assert "plot skipped: plotting needs matplotlib" in out and not (tmp_path / "seed0" / "rl_curves.png").exists()
     assert "| seed | SFT solved |" in out
+    tokenizer_config = json.loads((tmp_path / "seed0" / "data" / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"  # model.save_tokenizer: transformers 4 too
     demos = [json.loads(line) for line in open(tmp_path / "seed0" / "data" / "sft.jsonl")]
     assert all(d["answer"].startswith("<answer>") and len(d["answer"]) == 33 for d in demos)
 

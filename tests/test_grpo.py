@@ -257,7 +257,7 @@ def test_estimator_passes_agree_and_rl_has_no_dropout(sudoku_csv, tiny_dir, tmp_
     args[args.index("tiny")] = str(tmp_path / "sft-adapter")
     main_args = diffu_grpo.parse_args(args)
     diffu_grpo.resolve_defaults(main_args)
-    model, *_ = diffu_grpo.build_model(main_args, "cpu", torch.float32, master=True)
+    model, *_ = diffu_grpo.build_model(main_args, "cpu", torch.float32, master=False)  # (writes no init-merged)
     lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
     assert lora and all(m.dropout.p == 0 for m in lora)
     diffu_grpo.main(args)
@@ -311,7 +311,7 @@ def test_periodic_validation_is_logged(sudoku_csv, tmp_path):
 
 def test_init_from_sft_adapter_records_a_loadable_base(sudoku_csv, tiny_dir, tmp_path):
     import eval as evaluation
-    from diffu_grpo import main
+    from diffu_grpo import main, merge_record
     from model import LLaDA, adapter_base, save_adapter
     sft = apply_lora(LLaDA.from_pretrained(tiny_dir), r=2, alpha=4)
     with torch.no_grad():
@@ -324,6 +324,8 @@ def test_init_from_sft_adapter_records_a_loadable_base(sudoku_csv, tiny_dir, tmp
     main(args)
     ckpt = tmp_path / "rl" / "step-000001"
     assert Path(adapter_base(ckpt)) == tmp_path / "rl" / "init-merged"  # a real folder: base + SFT, merged
+    record = json.loads((tmp_path / "rl" / "init-merged" / "merged_from.json").read_text())  # checked on resume
+    assert record == merge_record(tmp_path / "sft-adapter", str(tiny_dir))
     model = evaluation.load_model(None, ckpt, torch.float32, "cpu")  # eval finds the base by itself
     ids = torch.tensor([[0, 5, 6, 7]])
     from model import load_adapter, merge_lora
