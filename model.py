@@ -1125,13 +1125,22 @@ def run_cli(main, argv=None):
     "<script>: error: <message>", and exit with status 1. Anything else (a bug, an error inside torch) keeps its
     traceback, and with D1_DEBUG=1 every error does."""
     try:
-        return main(argv)
+        status = main(argv)
     except Exception as e:
         ours = raised_by_project(e)
         if os.environ.get("D1_DEBUG", "0") not in ("", "0") or not (ours or isinstance(e, ENVIRONMENT_ERRORS)):
             raise
         text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)  # KeyError: no quotes
         sys.exit(f"{Path(sys.argv[0]).name}: error: {text if ours else f'{type(e).__name__}: {text}'}")
+    if "RANK" in os.environ:
+        # Under torchrun, leave without interpreter finalization: gloo's worker threads can still hold tensors of
+        # the last collectives, and freeing them during Python's shutdown aborts the process now and then
+        # ("terminate called without an active exception", torch 2.13; pytorch/pytorch#179291) after the work
+        # is done and written. The scripts have destroyed their process group and closed their files by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status or 0)
+    return status
 
 
 # -----------------------------------------------------------------------------
