@@ -14,7 +14,10 @@ How figures are taken: every figure is the median of --repeats timed runs after 
 modes run interleaved (repeat 1 of every mode, then repeat 2, ...) in one process, and each speed-up is the
 median over repeats of that repeat's ratio, so the drift of a shared machine hits all modes alike.
 - tokens/s: completion tokens (sampler, GRPO generation) or trained tokens (SFT, GRPO updates) per second;
-- ms/step: wall time per model call (one denoising step of the whole batch; of one prompt for the reference);
+- ms/step: wall time per model call (one denoising step of a whole batch; the reference decodes the same
+  batches, with the same padding mask: every sampler ratio is at equal batch);
+- model calls: forwards over all batches (threshold modes stop a block early; the fixed-floor rule never
+  calls more often than the schedule, Fast-dLLM's "+any" rule can);
 - agreement: fraction of completion tokens equal to the exact sampler's on the same prompts and noise;
 - peak memory: torch.cuda.max_memory_allocated of the figure on a GPU; on a CPU the process's peak RSS so far
   (monotone: it includes whatever ran before in the process);
@@ -45,21 +48,24 @@ from diffu_grpo import completion_logprobs, completion_mask, group_advantages, g
 from model import (LLaDA, apply_lora, example_generator, load_adapter, load_tokenizer, lora_disabled,
                    make_char_tokenizer, preset_config)
 from sample import generate, left_pad
-from tests.reference_sampler import reference_generate  # the literal one-prompt oracle of the tests
+from tests.reference_sampler import reference_generate  # the literal batched oracle of the tests
 
 # Per preset: model, device, sizes. Flags override each value.
 PRESETS = {
     "tiny": dict(arch="tiny", device="cpu", dtype="float32", repeats=5, warmup=1,
-                 batch=8, prompt_length=32, gen_length=64, block_length=16, steps=32, ref_rows=8,
+                 batch=8, prompt_length=32, gen_length=64, block_length=16, steps=32,
                  prompts_per_step=2, num_generations=4, gen_batch_size=8, micro_batch_size=4, mu=2,
                  grpo_lora_r=8, grpo_lora_alpha=4.0, sft_batch=4, sft_length=256, sft_lora_r=8, sft_lora_alpha=16.0),
     "llada-8b": dict(arch="llada-8b", device="cuda", dtype="bfloat16", repeats=3, warmup=1,
-                     batch=96, prompt_length=200, gen_length=256, block_length=32, steps=128, ref_rows=1,
+                     batch=96, prompt_length=200, gen_length=256, block_length=32, steps=128,
                      prompts_per_step=16, num_generations=6, gen_batch_size=48, micro_batch_size=6, mu=12,
                      grpo_lora_r=128, grpo_lora_alpha=64.0, sft_batch=1, sft_length=4096, sft_lora_r=128,
                      sft_lora_alpha=256.0),
 }
-SAMPLER_MODES = ("reference", "exact", "prefix", "dual", "threshold", "prefix+threshold", "dual+threshold")
+# "+any": the threshold modes with Fast-dLLM's rule (every position above the threshold, at least one per step)
+# instead of the default fixed-floor rule (max(scheduled k, count above the threshold)).
+SAMPLER_MODES = ("reference", "exact", "prefix", "dual", "threshold", "threshold+any", "prefix+threshold",
+                 "dual+threshold", "dual+threshold+any")
 # Peak dense bf16 FLOP/s (no sparsity) by GPU name; --peak-flops overrides.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
@@ -204,12 +210,12 @@ def score(rows: list[dict], texts: list[str]) -> float | None:
 # sampler
 
 
-def parse_mode(mode: str, threshold: float) -> tuple[str, float | None]:
-    """'exact' | 'prefix' | 'dual' | 'threshold' | 'prefix+threshold' | 'dual+threshold' -> generate's
-    (cache, threshold) arguments."""
+def parse_mode(mode: str, threshold: float) -> tuple[str, float | None, str]:
+    """'exact' | 'prefix' | 'dual' | '[prefix+|dual+]threshold[+any]' -> generate's (cache, threshold,
+    threshold_rule) arguments."""
     parts = mode.split("+")
     cache = parts[0] if parts[0] in ("prefix", "dual") else "none"
-    return cache, (threshold if "threshold" in parts else None)
+    return cache, (threshold if "threshold" in parts else None), ("any" if "any" in parts else "fixed-floor")
 
 
 def bench_sampler(args):
@@ -227,7 +233,6 @@ def bench_sampler(args):
         rows = [{} for _ in range(args.batch)]
         prompts = random_prompts(cfg, args.batch, args.prompt_length, args.seed)
     n = len(prompts)
-    ref_rows = min(args.ref_rows, n)
     batches = []  # (row indices, ids, attention mask)
     for r in range(0, n, args.batch):
         ids, am = left_pad(prompts[r:r + args.batch], cfg.pad_token_id, device)
@@ -239,17 +244,18 @@ def bench_sampler(args):
     counter = CallCounter(model)
 
     def run(mode: str, steps: int) -> torch.Tensor:
-        """Completions (rows, G) of one mode over all prompts (the reference: the first ref_rows, one at a time)."""
-        if mode == "reference":
-            g = torch.Generator(device).manual_seed(args.seed)
-            return torch.cat([reference_generate(model, torch.tensor([prompts[i]], device=device), steps, G, bl, T,
-                                                 generator=g)[:, -G:] for i in range(ref_rows)])
-        cache, threshold = parse_mode(mode, args.threshold)
+        """Completions (rows, G) of one mode over all prompts, in the same batches for every mode (the reference
+        included: equal batch, same padding mask)."""
         outs = []
         for idx, ids, am in batches:
-            gens = [torch.Generator(device).manual_seed(args.seed * 100003 + i) for i in idx]  # one per row
-            out = generate(model, ids, am, steps=steps, gen_length=G, block_length=bl, temperature=T,
-                           generator=gens, threshold=threshold, cache=cache)
+            if mode == "reference":
+                g = torch.Generator(device).manual_seed(args.seed * 100003 + idx[0])  # its noise is not keyed per row
+                out = reference_generate(model, ids, steps, G, bl, T, generator=g, attention_mask=am)
+            else:
+                cache, threshold, rule = parse_mode(mode, args.threshold)
+                gens = [torch.Generator(device).manual_seed(args.seed * 100003 + i) for i in idx]  # one per row
+                out = generate(model, ids, am, steps=steps, gen_length=G, block_length=bl, temperature=T,
+                               generator=gens, threshold=threshold, cache=cache, threshold_rule=rule)
             outs.append(out[:, -G:])
         return torch.cat(outs)
 
@@ -266,8 +272,7 @@ def bench_sampler(args):
             times[mode].append(dt)
             calls[mode], flops[mode], peak[mode] = counter.calls, counter.flops, peak_mib(device)
 
-    rows_of = {m: ref_rows if m == "reference" else n for m in modes}
-    per_token = {m: [t / (rows_of[m] * G) for t in times[m]] for m in modes}  # seconds per completion token
+    per_token = {m: [t / (n * G) for t in times[m]] for m in modes}  # seconds per completion token
 
     def speedup(m, base):
         if base not in modes:
@@ -282,22 +287,22 @@ def bench_sampler(args):
         if m == "exact":
             agree = 1.0
         elif "exact" in modes and (m != "reference" or T == 0):
-            k = len(outputs[m])
-            agree = (outputs[m] == outputs["exact"][:k]).float().mean().item()
+            agree = (outputs[m] == outputs["exact"]).float().mean().item()
         else:
             agree = None  # the reference draws its noise differently: no token agreement at temperature > 0
-        acc = score(rows[:rows_of[m]], texts[m]) if texts[m] is not None else None
+        acc = score(rows, texts[m]) if texts[m] is not None else None
         mfu = flops[m] / t / peak_flops if peak_flops else None
-        out_rows.append([m, str(rows_of[m]), str(calls[m]), fmt(1e3 * t / max(calls[m], 1), ".2f"),
-                         fmt(rows_of[m] * G / t, ".1f"), fmt(speedup(m, "reference"), ".2f"),
+        out_rows.append([m, str(calls[m]), fmt(1e3 * t / max(calls[m], 1), ".2f"),
+                         fmt(n * G / t, ".1f"), fmt(speedup(m, "reference"), ".2f"),
                          fmt(speedup(m, "exact"), ".2f"), fmt(None if agree is None else 100 * agree, ".1f"),
                          fmt(None if acc is None else 100 * acc, ".1f"), fmt(peak[m], ".0f"),
                          fmt(None if mfu is None else 100 * mfu, ".1f")])
     print(header(args, "sampler", desc) + f"\n{n} prompts" + (f" from {args.prompts}" if args.prompts else
           f" of {max(1, 3 * args.prompt_length // 4)}-{args.prompt_length} random tokens (left-padded)")
           + f", batch {args.batch}, gen length {G}, block {bl}, {args.steps} steps, temperature {T}, "
-          f"threshold {args.threshold}; reference: first {ref_rows} prompt(s), one at a time\n")
-    print(table(["mode", "rows", "model calls", "ms/step", "tokens/s", "x vs reference", "x vs exact",
+          f"threshold {args.threshold}; reference: tests/reference_sampler.py on the same batches (equal batch, "
+          f"same padding mask); +any: Fast-dLLM's threshold rule, else fixed-floor\n")
+    print(table(["mode", "model calls", "ms/step", "tokens/s", "x vs reference", "x vs exact",
                  "agreement w/ exact (%)", "accuracy (%)", "peak MiB", "MFU (%)"], out_rows))
 
 
@@ -488,7 +493,6 @@ def parse_args(argv=None):
     sub = p.add_subparsers(dest="what", required=True)
     s = sub.add_parser("sampler", parents=[common], help="reference vs exact vs fast sampler modes")
     s.add_argument("--batch", type=int, default=None, help="prompts per sampler call (random prompts: also their number)")
-    s.add_argument("--ref-rows", type=int, default=None, help="prompts the (slow, one-at-a-time) reference decodes")
     s.add_argument("--modes", default=",".join(SAMPLER_MODES), help=f"comma-separated subset of {SAMPLER_MODES}")
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (evaluation); d1 rollouts: 0.9")
     s.add_argument("--prompts", default=None, help="prompt file (text lines or JSONL, see above)")
@@ -523,7 +527,7 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, preset[k])
     per_command = {
-        "sampler": dict(batch="batch", ref_rows="ref_rows"),
+        "sampler": dict(batch="batch"),
         "grpo-step": dict(prompts_per_step="prompts_per_step", num_generations="num_generations",
                           gen_batch_size="gen_batch_size", micro_batch_size="micro_batch_size", mu="mu",
                           lora_r="grpo_lora_r", lora_alpha="grpo_lora_alpha"),

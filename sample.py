@@ -2,25 +2,46 @@
 
 The completion starts as `gen_length` [MASK] tokens after the prompt and is decoded in blocks of
 `block_length`, left to right (semi-autoregressive). Each block gets steps/num_blocks denoising steps; each
-step runs the model once, proposes a token for every masked position of the block (argmax of the logits,
-with Gumbel noise at temperature > 0), and commits the k most confident proposals, k from a fixed schedule.
+step runs the model once, proposes a token for every masked position of the block (argmax of the logits, or
+at temperature T > 0 a draw from softmax(logits / T)), and commits the k most confident proposals, k from a
+fixed schedule (confidence = the softmax probability of the proposal under the raw logits).
 
-Exactly the reference algorithm (llada.md), with these implementation choices that do not change outputs:
-- the output head runs only on the current block's positions (the 126k-vocab head is the largest activation);
-- the Gumbel-max trick is written in log space, argmax(logits - T*log(-log u)), which equals the reference's
-  argmax(exp(logits) / (-log u)^T) without overflowing exp(); noise and confidences in float64;
-- `generator` may be a list with one torch.Generator per row: a row's samples then do not depend on which
-  other rows share its batch (batched == one at a time; N processes == 1 process);
-- CPU generators (model.example_generator) may drive sampling on a GPU: each seeds a generator on the GPU
-  from its own stream (so a row's samples still depend only on its generator);
+Exactly the reference algorithm (llada.md), with these implementation choices:
+- the output head, the proposal and the confidence run only on the positions still masked in the current
+  block (the 126k-vocab head is the largest activation; a committed position needs neither);
+- RoPE cos/sin are computed once per generate (model.rope) and passed to every forward;
+- the draw at T > 0 is by inverse CDF: the first token whose cumulative sum of exp((l - max l) / T) exceeds
+  u * total, u uniform, in float64. That is the same law as the reference's Gumbel-max trick
+  argmax(exp(l) / (-log u_v)^T) (both draw from softmax(l / T)), but it needs ONE uniform per position
+  instead of one per position and vocabulary entry, and one exp per element instead of two logs and a
+  random number; the float64 arithmetic keeps every token's probability exact to ~1e-16 (tests: frequency
+  test against softmax(l / T));
+- the uniforms of a block are drawn when the block starts, one table (steps, block_length) per row from
+  that row's generator (`generator` may be a list with one torch.Generator per row): a row's samples then
+  do not depend on which other rows share its batch (batched == one at a time; N processes == 1 process),
+  one random call per row and block (one per block with a single generator) instead of per row and step.
+  Generators may live on another device than the model (CPU generators keyed on the example, sampling on a
+  GPU): the small table is drawn on the generator's device and copied;
+- the confidence is compared as a float32 LOG-probability, -log1p(r) with r = sum over the other tokens v
+  of exp(l_v - l_candidate) (summed without the candidate's own term, so r keeps its relative precision
+  however small it is). The reference ranks float64 probabilities 1 / (1 + r); the two orders agree except
+  where two positions' r agree to ~1e-6 relative, which is below the rounding noise of the fp32 (or bf16)
+  logits themselves (a different batch size or BLAS already moves r by that much). Plain fp32 probabilities
+  would not do: 1 / (1 + r) rounds to 1.0 for every r < 6e-8 and a confident model would tie most positions
+  (float64 ties only below r = 1e-16; there the reference's order is its tie-break, ours follows r);
+- `remasking="random"`: confidence = 1 - u with u uniform, also drawn from the per-row table;
 - a step whose schedule commits nothing in any row is skipped (it cannot change the state);
-- the step loop makes no host-device sync (the block's commit schedule goes to the device once per block,
-  commits are written with torch.where, not boolean indexing) and reuses one buffer for classifier-free
-  guidance.
+- the fixed-schedule step loop makes no host-device sync (the masked counts follow from the schedule, known
+  on the host, so the masked positions are gathered with nonzero_static), the block's commit schedule goes
+  to the device once per block, commits are written with torch.where, and classifier-free guidance reuses
+  one buffer.
 Opt-in fast modes (Fast-dLLM's; both change outputs, both OFF by default):
-- `threshold` commits every masked position whose confidence exceeds it (at least one per step) and stops a
-  block as soon as every row has decoded it (parallel decoding; one sync per step to detect the end of a
-  block; rows already done draw no noise, so batched == one at a time holds here too);
+- `threshold` (parallel decoding): each step also commits every masked position whose confidence exceeds
+  it. threshold_rule="fixed-floor" (default) commits max(scheduled k, count above threshold) per row, so it
+  never makes more model calls than the fixed schedule; "any" is Fast-dLLM's rule: every position above the
+  threshold, at least one per step, until the block is decoded (on a model with low confidences that can
+  take more calls than the schedule). Both stop a block as soon as every row has decoded it (one sync per
+  step: the masked counts);
 - `cache="prefix"`: the first step of each block runs the whole sequence and stores every layer's keys and
   values (model.KVCache); the block's other steps run only the block and the positions after it, attending to
   the stored keys/values of the prompt and finished blocks (stale within the block: an approximation).
@@ -34,14 +55,17 @@ CLI: python sample.py --model GSAI-ML/LLaDA-8B-Instruct --prompt "What is 7 * 8?
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
+import torch.nn.functional as F
 
 from model import KVCache
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
+THRESHOLD_RULES = ("fixed-floor", "any")
 
 
 def num_transfer_tokens(masked_count: list[int], steps: int) -> list[list[int]]:
@@ -50,53 +74,58 @@ def num_transfer_tokens(masked_count: list[int], steps: int) -> list[list[int]]:
     return [[n // steps + (1 if i < n % steps else 0) for i in range(steps)] for n in masked_count]
 
 
-def _on_device(g, device: torch.device):
-    """g itself, or for a generator on another device (a CPU generator keyed on the example, sampling on a GPU) a
-    generator on `device` seeded from g's stream: drawing the float64 noise (rows x block x vocab per step) on the
-    CPU and copying it over would cost more than the forward, and torch refuses a CPU generator for GPU draws."""
-    if g is None or g.device.type == device.type:
-        return g
-    return torch.Generator(device).manual_seed(int(torch.randint(2**62, (), generator=g)))
-
-
-def _row_generators(generator, batch: int, device: torch.device):
+def uniforms(generator, batch: int, shape: tuple, device) -> torch.Tensor:
+    """float64 uniforms (batch, *shape) on `device`. generator: a list with one torch.Generator per row (row i's
+    values come from generator i alone), one torch.Generator for all rows (one call), or None (torch's default).
+    Drawn on the generator's device and copied to `device`."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch} rows")
-        return [_on_device(g, device) for g in generator]
-    return _on_device(generator, device)  # one torch.Generator (or None) for the whole batch
+        u = torch.stack([torch.rand(shape, generator=g, device=g.device, dtype=torch.float64) for g in generator])
+    else:
+        u = torch.rand((batch, *shape), generator=generator, dtype=torch.float64,
+                       device=device if generator is None else generator.device)
+    return u.to(device)
 
 
-def _rand(shape, gens, device):
-    """float64 uniforms of shape (B, ...): per row from its own generator when given a list."""
-    if isinstance(gens, list):
-        return torch.stack([torch.rand(shape[1:], generator=g, device=device, dtype=torch.float64) for g in gens])
-    return torch.rand(shape, generator=gens, device=device, dtype=torch.float64)
-
-
-def propose(logits: torch.Tensor, temperature: float, remasking: str, gens) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (B, N, V) -> candidate tokens (B, N) and their confidences (B, N) float64."""
-    B, N, V = logits.shape
-    # Process rows in chunks so the float64 copy of the logits stays under ~1 GB (96 rows x 32 x 126k at 8B).
-    chunk = max(1, 2**27 // (N * V))
+def propose(logits: torch.Tensor, temperature: float, u: torch.Tensor | None = None,
+            max_elements: int = 2**27) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (n, V) of n masked positions -> candidate tokens (n,) and their log-confidence (n,) float32,
+    log softmax(logits)[candidate] under the RAW logits (no temperature).
+    temperature 0: the argmax. temperature > 0: a draw from softmax(logits / T) by inverse CDF with the float64
+    uniforms u (n,) in [0, 1): the first token whose cumulative weight exceeds u * total weight.
+    Rows go in chunks of max_elements // V, so the float64 weights stay under ~1 GB (all masked positions of
+    96 rows x block 32 x 126k vocabulary would be 3 GB)."""
+    n, V = logits.shape
+    chunk = max(1, max_elements // V)
     x0s, confs = [], []
-    for r in range(0, B, chunk):
-        lg = logits[r:r + chunk]
-        g = gens[r:r + chunk] if isinstance(gens, list) else gens
-        l64 = lg.double() if (temperature > 0 or remasking == "low_confidence") else None
+    for r in range(0, n, chunk):
+        lf = logits[r:r + chunk].float()  # (c, V)
+        lmax, x0 = lf.max(-1)  # (c,): the first maximal index, like argmax
+        l_x0 = lmax
         if temperature > 0:
-            u = _rand(l64.shape, g, lg.device)
-            x0 = (l64 - temperature * torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max in float64
-        else:
-            x0 = lg.argmax(-1)
-        if remasking == "low_confidence":
-            # softmax probability of the candidate under the RAW logits (no noise, no temperature)
-            conf = (l64.gather(-1, x0[..., None]).squeeze(-1) - torch.logsumexp(l64, -1)).exp()
-        else:
-            conf = _rand(x0.shape, g, lg.device)
+            w = lf.double().sub_(lmax[:, None]).div_(temperature).exp_()  # (c, V) float64 weights, the largest 1
+            cdf = w.cumsum_(-1)
+            total = cdf[:, -1:]  # (c, 1), >= 1
+            # u < 1, but u * total can round up to total: cap it just below, so the first entry above the target
+            # always exists and has a positive weight.
+            target = torch.minimum(u[r:r + chunk, None] * total, total.nextafter(total.new_zeros(())))
+            x0 = torch.searchsorted(cdf, target, right=True).squeeze(1)
+            l_x0 = lf.gather(-1, x0[:, None]).squeeze(1)
+        # log r, r = sum over v != x0 of exp(l_v - l_x0): a logsumexp without the candidate's own term, so a tiny r
+        # keeps its relative precision (1 + r would round to 1).
+        log_r = lf.scatter(-1, x0[:, None], -torch.inf).logsumexp(-1) - l_x0
         x0s.append(x0)
-        confs.append(conf)
-    return torch.cat(x0s), torch.cat(confs)
+        confs.append(-F.softplus(log_r))  # log(1 / (1 + r)), accurate for tiny r
+    return (x0s[0], confs[0]) if len(x0s) == 1 else (torch.cat(x0s), torch.cat(confs))
+
+
+def commit_mask(score: torch.Tensor, k: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """score (B, N) (-inf where not masked), k (B,) -> bool (B, N): each row's k highest-scoring masked positions
+    (ties: the lower index first)."""
+    order = score.argsort(dim=1, descending=True, stable=True)  # (B, N)
+    rank_ok = torch.arange(score.shape[1], device=score.device) < k[:, None]  # (B, N): rank r is taken if r < k
+    return torch.zeros_like(masked).scatter_(1, order, rank_ok) & masked
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +139,8 @@ def left_pad(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Te
     return ids.to(device), mask.to(device)
 
 
-def check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache="none"):
+def check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache="none", threshold=None,
+               threshold_rule="fixed-floor"):
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
@@ -125,6 +155,10 @@ def check_args(prompt, gen_length, block_length, steps, remasking, temperature, 
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if threshold is not None and threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {threshold_rule!r}")
     return num_blocks, steps // num_blocks
 
 
@@ -132,16 +166,19 @@ def check_args(prompt, gen_length, block_length, steps, remasking, temperature, 
 def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = None, steps: int = 128,
              gen_length: int = 128, block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", mask_id: int | None = None, generator=None,
-             threshold: float | None = None, cache: str = "none") -> torch.Tensor:
+             threshold: float | None = None, cache: str = "none", threshold_rule: str = "fixed-floor") -> torch.Tensor:
     """Sample completions. prompt (B, P) left-padded ids, attention_mask (B, P) 1 = real token.
     Returns (B, P + gen_length): the prompt followed by the completion (no MASK left).
-    Fast modes (approximate, off by default): threshold (parallel decoding), cache "prefix" | "dual"."""
-    num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache)
+    Fast modes (approximate, off by default): threshold (parallel decoding, see threshold_rule), cache "prefix" |
+    "dual"."""
+    num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache,
+                                             threshold, threshold_rule)
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
+    if isinstance(generator, (list, tuple)) and len(generator) != B:
+        raise ValueError(f"got {len(generator)} generators for a batch of {B} rows")
     L = P + gen_length
     device = prompt.device
-    gens = _row_generators(generator, B, device)
     # Classifier-free guidance runs the conditional rows and, below them, the same rows with the prompt hidden:
     # one (2B, L) buffer whose first half IS the state x (a view), the second half refreshed each step.
     xx = torch.full((2 * B if cfg_scale > 0 else B, L), mask_id, dtype=torch.long, device=device)
@@ -152,61 +189,66 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
         am = torch.cat([attention_mask.bool(), attention_mask.new_ones(B, gen_length, dtype=torch.bool)], dim=1)
         if cfg_scale > 0:
             am = torch.cat([am, am])
+    rope = model.rope(xx, am)  # (rows, 1, L, hd) cos and sin, the same for every step
+    # Steps a block may take: the schedule's, or up to one per position for the "any" threshold rule.
+    max_steps = block_length if threshold is not None and threshold_rule == "any" else steps_per_block
+    # Uniforms per (row, step, position, draw): draw 0 the proposal's at T > 0, draw -1 the confidence's for
+    # random remasking.
+    n_draws = (temperature > 0) + (remasking == "random")
+    log_threshold = None if threshold is None else (math.log(threshold) if threshold > 0 else -math.inf)
 
     for b in range(num_blocks):
         s, e = P + b * block_length, P + (b + 1) * block_length
         end = L if cache == "prefix" else e  # cached steps recompute positions [s, end)
         block = x[:, s:e]  # a view: writing into it writes into x
-        counts = (block == mask_id).sum(1).tolist()  # one sync per block
-        schedule = num_transfer_tokens(counts, steps_per_block)  # (B, steps_per_block) on the host ...
+        left = (block == mask_id).sum(1).tolist()  # masked positions per row; one sync per block
+        schedule = num_transfer_tokens(left, steps_per_block)  # (B, steps_per_block) on the host ...
         k_dev = torch.tensor(schedule, device=device).T  # ... and on the device: (steps_per_block, B)
+        u = uniforms(generator, B, (max_steps, block_length, n_draws), device) if n_draws else None
         kv = None
-        step = 0
-        while True:
+        for step in range(max_steps):
             if threshold is None:
-                if step == steps_per_block:
-                    break
-                kmax = max(row[step] for row in schedule)
-                step += 1
-                if kmax == 0:
+                k = [row[step] for row in schedule]
+                if max(k) == 0:
                     continue
+            elif step > 0:
+                left = (block == mask_id).sum(1).tolist()  # one sync per step: the block ends when all rows are done
+            n = sum(left)
+            if n == 0:
+                break
             masked = block == mask_id  # (B, bl)
-            if threshold is not None:
-                active = masked.any(1).tolist()  # one sync per step: the block ends when every row is decoded
-                if not any(active):
-                    break
+            # (n,) flat indices row * bl + position of the masked positions; n is known on the host, so no sync
+            idx = torch.nonzero_static(masked.flatten(), size=n).squeeze(1)
             if cfg_scale > 0:
                 xx[B:, P:] = x[:, P:]  # unconditional rows: the prompt stays MASK, the completion follows x
             if cache == "none":
-                logits = model(xx, am, positions=slice(s, e))  # (B or 2B, bl, V)
+                h = model(xx, am, positions=slice(s, e), return_hidden=True, rope=rope)  # (B or 2B, bl, D)
             elif kv is None:  # the block's first step: the whole sequence, filling the cache
                 kv = KVCache()
-                logits = model(xx, am, positions=slice(s, e), kv_cache=kv)
+                h = model(xx, am, positions=slice(s, e), return_hidden=True, kv_cache=kv, rope=rope)
                 kv.start = s
             else:
-                logits = model(xx[:, s:end], positions=slice(0, e - s), kv_cache=kv)
+                h = model(xx[:, s:end], positions=slice(0, e - s), return_hidden=True, kv_cache=kv)
+            h = h.flatten(0, 1)  # (rows * bl, D)
             if cfg_scale > 0:
-                cond, uncond = logits.chunk(2)
-                logits = uncond + (cfg_scale + 1) * (cond - uncond)
-            if threshold is not None and not all(active):
-                # Rows whose block is done draw no noise, so a row's samples do not depend on its batch-mates.
-                rows = [i for i, a in enumerate(active) if a]
-                x0_a, conf_a = propose(logits[rows], temperature, remasking,
-                                       [gens[i] for i in rows] if isinstance(gens, list) else gens)
-                x0 = block.clone()
-                conf = torch.full(masked.shape, -torch.inf, dtype=torch.float64, device=device)
-                x0[rows], conf[rows] = x0_a, conf_a
+                cond, uncond = model.head(torch.cat([h[idx], h[idx + B * block_length]])).chunk(2)
+                logits = uncond + (cfg_scale + 1) * (cond - uncond)  # (n, V)
             else:
-                x0, conf = propose(logits, temperature, remasking, gens)
-            conf = conf.masked_fill(~masked, -torch.inf)
+                logits = model.head(h[idx])  # (n, V): masked positions only
+            u_step = None if u is None else u[:, step].flatten(0, 1)[idx]  # (n, n_draws)
+            x0, conf = propose(logits, temperature, u_step[:, 0] if temperature > 0 else None)
+            if remasking == "random":
+                conf = torch.log1p(-u_step[:, -1])  # log(1 - u), float64: a uniform confidence in (0, 1]
+            score = torch.full((B * block_length,), -torch.inf, dtype=conf.dtype, device=device)
+            score = score.index_put_((idx,), conf).view(B, -1)  # (B, bl) log-confidence, -inf where not masked
+            cand = block.flatten().index_put((idx,), x0).view(B, -1)  # (B, bl): proposals at the masked positions
             if threshold is None:
-                idx = conf.topk(kmax, dim=-1).indices  # (B, kmax)
-                rank_ok = torch.arange(kmax, device=device) < k_dev[step - 1][:, None]  # (B, kmax)
-                commit = torch.zeros_like(masked).scatter_(1, idx, rank_ok)
+                k_step = k_dev[step]
+                left = [a - c for a, c in zip(left, k)]
             else:
-                top1 = torch.zeros_like(masked).scatter_(1, conf.argmax(-1, keepdim=True), True)
-                commit = ((conf > threshold) | top1) & masked
-            block.copy_(torch.where(commit, x0, block))
+                floor = k_dev[step] if threshold_rule == "fixed-floor" else torch.ones_like(k_dev[0])
+                k_step = torch.maximum(floor, (score > log_threshold).sum(1))
+            block.copy_(torch.where(commit_mask(score, k_step, masked), cand, block))
     return x.clone() if cfg_scale > 0 else x
 
 
@@ -229,7 +271,11 @@ def main():
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
     p.add_argument("--remasking", default="low_confidence", choices=REMASKING)
-    p.add_argument("--threshold", type=float, default=None, help="fast mode: commit all positions above this confidence")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="fast mode: also commit the positions whose confidence exceeds this (e.g. 0.9)")
+    p.add_argument("--threshold-rule", default="fixed-floor", choices=THRESHOLD_RULES,
+                   help="with --threshold: fixed-floor = max(scheduled k, count above threshold) per step (never more "
+                        "model calls than the schedule); any = every position above it, at least one (Fast-dLLM)")
     p.add_argument("--cache", default="none", choices=CACHE_MODES,
                    help="fast mode: approximate KV cache refreshed once per block (prefix, or dual = prefix + suffix)")
     p.add_argument("--seed", type=int, default=0)
@@ -261,7 +307,8 @@ def main():
     t0 = time.time()
     out = generate(model, ids, mask, steps=steps, gen_length=args.gen_length, block_length=args.block_length,
                    temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                   generator=gen, threshold=args.threshold, cache=args.cache)
+                   generator=gen, threshold=args.threshold, cache=args.cache,
+                   threshold_rule=args.threshold_rule)
     dt = time.time() - t0
     for q, row in zip(args.prompt, out[:, ids.shape[1]:]):
         print(f"### {q}\n{tokenizer.decode(row, skip_special_tokens=True)}\n")
