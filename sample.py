@@ -2,39 +2,41 @@
 
 The completion starts as `gen_length` [MASK] tokens after the prompt and is decoded in blocks of
 `block_length`, left to right (semi-autoregressive). Each block gets steps/num_blocks denoising steps; each
-step runs the model once, proposes a token for every masked position of the block (argmax of the logits, or
-at temperature T > 0 a draw from softmax(logits / T)), and commits the k most confident proposals, k from a
+step runs the model once, proposes a token for every masked position of the block (the argmax of the logits,
+or at temperature T > 0 a draw from softmax(logits / T)), and commits the k most confident proposals, k from a
 fixed schedule (confidence = the softmax probability of the proposal under the raw logits).
 
-Exactly the reference algorithm (llada.md), with these implementation choices:
+Exactly the reference algorithm (llada.md; tests/reference_sampler.py), with these implementation choices:
 - the output head, the proposal and the confidence run only on the positions still masked in the current
-  block (the 126k-vocab head is the largest activation; a committed position needs neither);
+  block (the 126k-vocab head is the largest activation; a committed position needs none of them);
 - RoPE cos/sin are computed once per generate (model.rope) and passed to every forward;
-- the draw at T > 0 is by inverse CDF: the first token whose cumulative sum of exp((l - max l) / T) exceeds
-  u * total, u uniform, in float64. That is the same law as the reference's Gumbel-max trick
-  argmax(exp(l) / (-log u_v)^T) (both draw from softmax(l / T)), but it needs ONE uniform per position
-  instead of one per position and vocabulary entry, and one exp per element instead of two logs and a
-  random number; the float64 arithmetic keeps every token's probability exact to ~1e-16 (tests: frequency
-  test against softmax(l / T));
-- the uniforms of a block are drawn when the block starts, one table (steps, block_length) per row from
-  that row's generator (`generator` may be a list with one torch.Generator per row): a row's samples then
-  do not depend on which other rows share its batch (batched == one at a time; N processes == 1 process),
-  one random call per row and block (one per block with a single generator) instead of per row and step.
-  Generators may live on another device than the model (CPU generators keyed on the example, sampling on a
-  GPU): the small table is drawn on the generator's device and copied;
-- the confidence is compared as a float32 LOG-probability, -log1p(r) with r = sum over the other tokens v
-  of exp(l_v - l_candidate) (summed without the candidate's own term, so r keeps its relative precision
-  however small it is). The reference ranks float64 probabilities 1 / (1 + r); the two orders agree except
-  where two positions' r agree to ~1e-6 relative, which is below the rounding noise of the fp32 (or bf16)
-  logits themselves (a different batch size or BLAS already moves r by that much). Plain fp32 probabilities
-  would not do: 1 / (1 + r) rounds to 1.0 for every r < 6e-8 and a confident model would tie most positions
-  (float64 ties only below r = 1e-16; there the reference's order is its tie-break, ours follows r);
-- `remasking="random"`: confidence = 1 - u with u uniform, also drawn from the per-row table;
+- the draw at T > 0 is by inverse CDF instead of the reference's Gumbel-max trick: the first token whose
+  cumulative weight exceeds u * total, weights exp((l - max l) / T). Both draw from softmax(l / T) (the same
+  law, tested by a frequency test), but this needs ONE uniform per position instead of one per position and
+  vocabulary entry, and one exp per element instead of a random number and two logs;
+- the uniforms come from a table (steps, block_length) per row and block, drawn when the block starts from
+  that row's generator (`generator` may be a list with one torch.Generator per row: a row's samples then do not
+  depend on which other rows share its batch, so batched == one at a time and N processes == 1 process), one
+  random call per row and block (per block with a single generator) instead of per row and step. Generators
+  may live on another device than the model (CPU generators keyed on the example, sampling on a GPU): the
+  small table is drawn on the generator's device and copied;
+- `remasking="random"`: confidence 1 - u, u from the same table;
 - a step whose schedule commits nothing in any row is skipped (it cannot change the state);
-- the fixed-schedule step loop makes no host-device sync (the masked counts follow from the schedule, known
-  on the host, so the masked positions are gathered with nonzero_static), the block's commit schedule goes
-  to the device once per block, commits are written with torch.where, and classifier-free guidance reuses
-  one buffer.
+- the fixed-schedule step loop makes no host-device sync: the masked counts follow from the schedule (known on
+  the host), so the masked positions are gathered with nonzero_static; the block's schedule goes to the device
+  once per block, commits are written with torch.where, classifier-free guidance reuses one buffer.
+Numerics (float64 vs fp32; previous version: float64 Gumbel noise, float64 probabilities):
+- the draw: float64 weights, cumulative sum and uniforms: every token's probability is exact to ~1e-16 (the
+  Gumbel-max trick in float64 has the same resolution). Same law, different random stream: sampled completions
+  differ from the previous version's for the same seed;
+- the confidence: an fp32 LOG-probability, -log1p(r) with r = sum over the other tokens v of
+  exp(l_v - l_proposal), summed without the proposal's own term so r keeps its relative precision however small.
+  The reference ranks float64 probabilities 1 / (1 + r); the orders agree except where two positions' r agree
+  to ~1e-6 relative, the size of the fp32 logits' own rounding noise (a different batch size or BLAS moves the
+  logits, so r, by as much; bf16 logits by far more). Plain fp32 probabilities would not do: 1 / (1 + r) rounds to 1.0 for every r < 6e-8,
+  tying most positions of a confident model (float64 ties below r = 1e-16; there the reference's order is its
+  top-k tie-break, ours follows r). Greedy completions are token for token the reference's and the previous
+  version's (tests).
 Opt-in fast modes (Fast-dLLM's; both change outputs, both OFF by default):
 - `threshold` (parallel decoding): each step also commits every masked position whose confidence exceeds
   it. threshold_rule="fixed-floor" (default) commits max(scheduled k, count above threshold) per row, so it
@@ -211,12 +213,12 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
                 k = [row[step] for row in schedule]
                 if max(k) == 0:
                     continue
-            elif step > 0:
-                left = (block == mask_id).sum(1).tolist()  # one sync per step: the block ends when all rows are done
-            n = sum(left)
+            masked = block == mask_id  # (B, bl)
+            if threshold is not None and step > 0:
+                left = masked.sum(1).tolist()  # one sync per step: the block ends when every row is decoded
+            n = sum(left)  # the schedule's own steps always leave masked positions: n > 0 without a threshold
             if n == 0:
                 break
-            masked = block == mask_id  # (B, bl)
             # (n,) flat indices row * bl + position of the masked positions; n is known on the host, so no sync
             idx = torch.nonzero_static(masked.flatten(), size=n).squeeze(1)
             if cfg_scale > 0:

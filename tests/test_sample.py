@@ -190,6 +190,26 @@ def test_proposals_follow_softmax_over_temperature(temperature):
     assert chi2(1.1 * temperature) > 100
 
 
+def test_generated_tokens_follow_softmax_over_temperature(tokenizer):
+    """End to end through generate (uniform tables, masked-position gather): one generated token per row, 10k rows
+    of the same prompt; its frequencies against softmax(logits / T) of the model at that position (chi-square,
+    categories with expected counts under 20 pooled)."""
+    model = peaky(tokenizer)
+    ids, _ = prompts(tokenizer, ["what is 3+4?"])
+    n, T = 10_000, 0.8
+    out = generate(model, ids.expand(n, -1), steps=1, gen_length=1, block_length=1, temperature=T,
+                   generator=torch.Generator().manual_seed(0))
+    x = torch.cat([ids, torch.tensor([[model.config.mask_token_id]])], dim=1)
+    p = torch.softmax(model(x)[0, -1].double() / T, 0)
+    counts = torch.bincount(out[:, -1], minlength=p.numel()).double()
+    big = n * p >= 20
+    obs = torch.cat([counts[big], counts[~big].sum()[None]])
+    exp = torch.cat([n * p[big], n * p[~big].sum()[None]])
+    dof = int(big.sum())  # categories - 1
+    chi2 = ((obs - exp) ** 2 / exp).sum().item()
+    assert dof >= 5 and chi2 < dof + 6 * (2 * dof) ** 0.5  # ~1e-5 upper tail for these dof (normal approximation)
+
+
 def test_proposals_in_chunks_equal_one_pass():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(10, 50, generator=g)
