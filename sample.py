@@ -7,8 +7,8 @@ or at temperature T > 0 a draw from softmax(logits / T)), and commits the k most
 fixed schedule (confidence = the softmax probability of the proposal under the raw logits).
 
 Exactly the reference algorithm (llada.md; tests/reference_sampler.py), with these implementation choices:
-- the output head, the proposal and the confidence run only on the positions still masked in the current
-  block (the 126k-vocab head is the largest activation; a committed position needs none of them);
+- the output head runs only on the current block, the proposal and the confidence only on its positions still
+  masked (the 126k-vocab head is the largest activation; a committed position needs no proposal);
 - RoPE cos/sin are computed once per generate (model.rope) and passed to every forward;
 - the draw at T > 0 is by inverse CDF instead of the reference's Gumbel-max trick: the first token whose
   cumulative weight exceeds u * total, weights exp((l - max l) / T). Both draw from softmax(l / T) (the same
@@ -29,14 +29,16 @@ Numerics (float64 vs fp32; previous version: float64 Gumbel noise, float64 proba
 - the draw: float64 weights, cumulative sum and uniforms: every token's probability is exact to ~1e-16 (the
   Gumbel-max trick in float64 has the same resolution). Same law, different random stream: sampled completions
   differ from the previous version's for the same seed;
-- the confidence: an fp32 LOG-probability, -log1p(r) with r = sum over the other tokens v of
-  exp(l_v - l_proposal), summed without the proposal's own term so r keeps its relative precision however small.
-  The reference ranks float64 probabilities 1 / (1 + r); the orders agree except where two positions' r agree
-  to ~1e-6 relative, the size of the fp32 logits' own rounding noise (a different batch size or BLAS moves the
-  logits, so r, by as much; bf16 logits by far more). Plain fp32 probabilities would not do: 1 / (1 + r) rounds to 1.0 for every r < 6e-8,
-  tying most positions of a confident model (float64 ties below r = 1e-16; there the reference's order is its
-  top-k tie-break, ours follows r). Greedy completions are token for token the reference's and the previous
-  version's (tests).
+- the confidence: fp32 element-wise work (one exp and one sum per vocabulary entry of the fp32 logits, no
+  float64 copy), ranked as a LOG-probability -log1p(r), r = sum over the other tokens v of exp(l_v - l_proposal):
+  summed WITHOUT the proposal's own term, so r keeps fp32's relative precision however small it is, and the
+  log of the per-position sum taken in float64. The reference ranks float64 probabilities 1 / (1 + r); the
+  orders agree except where two positions' r agree to ~1e-7 relative, the rounding of the fp32 logits
+  themselves (bf16 logits are far coarser), where neither order means anything. Plain fp32 probabilities would
+  not do: 1 / (1 + r) rounds to 1.0 for every r < 6e-8, tying most positions of a confident model (float64 ties
+  below r = 1e-16; there the reference's order is its top-k tie-break, ours follows r). Greedy completions are
+  token for token the reference's and the previous version's (tests; also random models with 2k-126k
+  vocabularies, whose near-uniform confidences are the hardest case).
 Opt-in fast modes (Fast-dLLM's; both change outputs, both OFF by default):
 - `threshold` (parallel decoding): each step also commits every masked position whose confidence exceeds
   it. threshold_rule="fixed-floor" (default) commits max(scheduled k, count above threshold) per row, so it
@@ -92,8 +94,8 @@ def uniforms(generator, batch: int, shape: tuple, device) -> torch.Tensor:
 
 def propose(logits: torch.Tensor, temperature: float, u: torch.Tensor | None = None,
             max_elements: int = 2**27) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (n, V) of n masked positions -> candidate tokens (n,) and their log-confidence (n,) float32,
-    log softmax(logits)[candidate] under the RAW logits (no temperature).
+    """logits (n, V) of n masked positions -> candidate tokens (n,) and their log-confidence (n,) float64,
+    log softmax(logits)[candidate] under the RAW logits (no temperature), from fp32 sums (see the file docstring).
     temperature 0: the argmax. temperature > 0: a draw from softmax(logits / T) by inverse CDF with the float64
     uniforms u (n,) in [0, 1): the first token whose cumulative weight exceeds u * total weight.
     Rows go in chunks of max_elements // V, so the float64 weights stay under ~1 GB (all masked positions of
@@ -114,9 +116,11 @@ def propose(logits: torch.Tensor, temperature: float, u: torch.Tensor | None = N
             target = torch.minimum(u[r:r + chunk, None] * total, total.nextafter(total.new_zeros(())))
             x0 = torch.searchsorted(cdf, target, right=True).squeeze(1)
             l_x0 = lf.gather(-1, x0[:, None]).squeeze(1)
-        # log r, r = sum over v != x0 of exp(l_v - l_x0): a logsumexp without the candidate's own term, so a tiny r
-        # keeps its relative precision (1 + r would round to 1).
-        log_r = lf.scatter(-1, x0[:, None], -torch.inf).logsumexp(-1) - l_x0
+        # r = sum over v != x0 of exp(l_v - l_x0) = exp(lmax - l_x0) * s: s summed in fp32 WITHOUT the proposal's own
+        # term (a tiny r keeps its relative precision; 1 + r would round to 1), then log r and the log-confidence
+        # -log(1 + r) in float64 on the (c,) sums, so no rounding of log r (~12 for a flat 126k vocabulary) is added.
+        e = (lf - lmax[:, None]).exp_().scatter_(-1, x0[:, None], 0.0)  # (c, V) fp32 in [0, 1]
+        log_r = e.sum(-1).double().log() + (lmax.double() - l_x0.double())  # (c,) float64
         x0s.append(x0)
         confs.append(-F.softplus(log_r))  # log(1 / (1 + r)), accurate for tiny r
     return (x0s[0], confs[0]) if len(x0s) == 1 else (torch.cat(x0s), torch.cat(confs))
@@ -231,12 +235,14 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
                 kv.start = s
             else:
                 h = model(xx[:, s:end], positions=slice(0, e - s), return_hidden=True, kv_cache=kv)
-            h = h.flatten(0, 1)  # (rows * bl, D)
+            # The head runs on the whole block, not only on the masked rows: a matmul's bits can depend on its row
+            # count (BLAS picks kernels by shape), and a row's logits must not depend on what else is masked in the
+            # batch (batched == one at a time).
+            logits = model.head(h)  # (B or 2B, bl, V)
             if cfg_scale > 0:
-                cond, uncond = model.head(torch.cat([h[idx], h[idx + B * block_length]])).chunk(2)
-                logits = uncond + (cfg_scale + 1) * (cond - uncond)  # (n, V)
-            else:
-                logits = model.head(h[idx])  # (n, V): masked positions only
+                cond, uncond = logits.chunk(2)
+                logits = uncond + (cfg_scale + 1) * (cond - uncond)
+            logits = logits.flatten(0, 1)[idx]  # (n, V): the masked positions
             u_step = None if u is None else u[:, step].flatten(0, 1)[idx]  # (n, n_draws)
             x0, conf = propose(logits, temperature, u_step[:, 0] if temperature > 0 else None)
             if remasking == "random":

@@ -94,8 +94,10 @@ def test_batched_equals_alone(tokenizer, temperature, remasking, threshold, rule
 @pytest.mark.parametrize("G,bl,steps", [(16, 16, 16), (16, 4, 8), (12, 4, 6), (8, 8, 3)])
 def test_greedy_equals_reference(tiny_model, tokenizer, G, bl, steps):
     """Token for token the literal reference, one prompt and a left-padded batch with its padding mask, on the
-    default tiny model and on a confident one."""
-    for model in [tiny_model, peaky(tokenizer)]:
+    default tiny model, a confident one, and one with a 4k vocabulary whose near-uniform confidences differ by
+    ~1e-6 relative (the hardest case for the fp32 confidence)."""
+    flat = LLaDA(preset_config("tiny", tokenizer, vocab_size=4000, embedding_size=4000)).init_weights(seed=1).eval()
+    for model in [tiny_model, peaky(tokenizer), flat]:
         for texts in [["what is 3+4?"], ["z"], ["what is 3+4?", "z", "mid one"]]:
             ids, mask = prompts(tokenizer, texts)
             ours = generate(model, ids, mask, steps=steps, gen_length=G, block_length=bl)
@@ -221,15 +223,17 @@ def test_proposals_in_chunks_equal_one_pass():
 
 
 def test_confidence_is_the_log_softmax_of_the_proposal():
+    """Against float64 log-softmax: peaked rows, and flat rows over LLaDA's 126k vocabulary (log-confidence ~ -11.7,
+    where an fp32 logsumexp would be off by ~1e-6)."""
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(64, 30, generator=g) * 3
-    for T in [0.0, 0.7]:
-        x0, conf = propose(logits, T, torch.rand(64, generator=g, dtype=torch.float64))
-        if T == 0:
-            assert torch.equal(x0, logits.argmax(-1))
-        ref = torch.log_softmax(logits.double(), -1).gather(-1, x0[:, None]).squeeze(1)
-        assert conf.dtype == torch.float32
-        torch.testing.assert_close(conf.double(), ref, rtol=1e-5, atol=1e-6)
+    for logits in [torch.randn(64, 30, generator=g) * 3, torch.randn(8, 126464, generator=g) * 0.02]:
+        n = logits.shape[0]
+        for T in [0.0, 0.7]:
+            x0, conf = propose(logits, T, torch.rand(n, generator=g, dtype=torch.float64))
+            if T == 0:
+                assert torch.equal(x0, logits.argmax(-1))
+            ref = torch.log_softmax(logits.double(), -1).gather(-1, x0[:, None]).squeeze(1)
+            torch.testing.assert_close(conf, ref, rtol=0, atol=3e-7)
 
 
 def test_confidence_orders_near_certain_positions():
