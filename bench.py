@@ -11,8 +11,9 @@ One command per measurement; each prints a markdown table.
 
 How figures are taken: every figure is the median of --repeats timed runs after --warmup untimed ones
 (a warm-up runs the same shapes with one denoising step per block, and mu=1 for the GRPO step). The sampler
-modes run interleaved (repeat 1 of every mode, then repeat 2, ...) in one process, and each speed-up is the
-median over repeats of that repeat's ratio, so the drift of a shared machine hits all modes alike.
+modes run interleaved (repeat 1 of every mode, then repeat 2 in reverse order, ...) in one process, and each
+speed-up is the median over repeats of that repeat's ratio, so the drift of a shared machine hits all modes
+alike; on a CPU with one thread the sampler's times are process CPU time, which other jobs do not inflate.
 - tokens/s: completion tokens (sampler, GRPO generation) or trained tokens (SFT, GRPO updates) per second;
 - ms/step: wall time per model call (one denoising step of a whole batch; the reference decodes the same
   batches, with the same padding mask: every sampler ratio is at equal batch);
@@ -262,14 +263,21 @@ def bench_sampler(args):
     for _ in range(args.warmup):
         for mode in modes:
             run(mode, G // bl)
+    # With one CPU thread the figures are the process's CPU time: other jobs on shared cores inflate wall time,
+    # not CPU time. Otherwise (GPU, several threads) wall time.
+    cpu_clock = torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+    clock = time.process_time if cpu_clock else time.perf_counter
     times = {m: [] for m in modes}
     calls, flops, peak, outputs = {}, {}, {}, {}
-    for _ in range(args.repeats):
-        for mode in modes:
+    for r in range(args.repeats):
+        for mode in modes if r % 2 == 0 else modes[::-1]:  # alternate the order: no mode always runs first
             counter.reset()
             reset_peak(device)
-            outputs[mode], dt = timed(lambda: run(mode, args.steps), device)
-            times[mode].append(dt)
+            sync(device)
+            t0 = clock()
+            outputs[mode] = run(mode, args.steps)
+            sync(device)
+            times[mode].append(clock() - t0)
             calls[mode], flops[mode], peak[mode] = counter.calls, counter.flops, peak_mib(device)
 
     per_token = {m: [t / (n * G) for t in times[m]] for m in modes}  # seconds per completion token
@@ -301,7 +309,8 @@ def bench_sampler(args):
           f" of {max(1, 3 * args.prompt_length // 4)}-{args.prompt_length} random tokens (left-padded)")
           + f", batch {args.batch}, gen length {G}, block {bl}, {args.steps} steps, temperature {T}, "
           f"threshold {args.threshold}; reference: tests/reference_sampler.py on the same batches (equal batch, "
-          f"same padding mask); +any: Fast-dLLM's threshold rule, else fixed-floor\n")
+          f"same padding mask); +any: Fast-dLLM's threshold rule, else fixed-floor; times: "
+          f"{'process CPU time (1 thread)' if cpu_clock else 'wall clock'}\n")
     print(table(["mode", "model calls", "ms/step", "tokens/s", "x vs reference", "x vs exact",
                  "agreement w/ exact (%)", "accuracy (%)", "peak MiB", "MFU (%)"], out_rows))
 
