@@ -10,42 +10,42 @@ Exactly the reference algorithm (llada.md; tests/reference_sampler.py), with the
 - the output head runs only on the current block, the proposal and the confidence only on its positions still
   masked (the 126k-vocab head is the largest activation; a committed position needs no proposal);
 - RoPE cos/sin are computed once per generate (model.rope) and passed to every forward;
-- the draw at T > 0 is by inverse CDF instead of the reference's Gumbel-max trick: the first token whose
-  cumulative weight exceeds u * total, weights exp((l - max l) / T). Both draw from softmax(l / T) (the same
-  law, tested by a frequency test), but this needs ONE uniform per position instead of one per position and
-  vocabulary entry, and one exp per element instead of a random number and two logs;
-- the uniforms come from a table (steps, block_length) per row and block, drawn when the block starts from
-  that row's generator (`generator` may be a list with one torch.Generator per row: a row's samples then do not
-  depend on which other rows share its batch, so batched == one at a time and N processes == 1 process), one
-  random call per row and block (per block with a single generator) instead of per row and step. Generators
-  may live on another device than the model (CPU generators keyed on the example, sampling on a GPU): the
-  small table is drawn on the generator's device and copied;
-- `remasking="random"`: confidence 1 - u, u from the same table;
+- the draw at T > 0 is the reference's Gumbel-max trick in log space, argmax(l - T log E) with E ~ Exp(1)
+  (= argmax(exp(l) / E^T), E = -log u, without overflowing exp()): torch's exponential draws and one log per
+  element, instead of uniforms and two logs;
+- `generator` may be a list with one torch.Generator per row: row i's noise for a step is ONE call on its own
+  generator for its own masked positions (rows with nothing masked draw nothing), so a row's samples do not
+  depend on which other rows share its batch (batched == one at a time; N processes == 1 process). A single
+  generator draws the whole step in one call. CPU generators (model.example_generator) may drive sampling on a
+  GPU: each seeds a generator on the GPU from its own stream (a row's samples still depend only on its generator);
+- `remasking="random"`: confidence exp(-E), one more Exp(1) draw per position;
 - a step whose schedule commits nothing in any row is skipped (it cannot change the state);
-- the fixed-schedule step loop makes no host-device sync: the masked counts follow from the schedule (known on
-  the host), so the masked positions are gathered with nonzero_static; the block's schedule goes to the device
-  once per block, commits are written with torch.where, classifier-free guidance reuses one buffer.
-Numerics (float64 vs fp32; previous version: float64 Gumbel noise, float64 probabilities):
-- the draw: float64 weights, cumulative sum and uniforms: every token's probability is exact to ~1e-16 (the
-  Gumbel-max trick in float64 has the same resolution). Same law, different random stream: sampled completions
-  differ from the previous version's for the same seed;
-- the confidence: fp32 element-wise work (one exp and one sum per vocabulary entry of the fp32 logits, no
-  float64 copy), ranked as a LOG-probability -log1p(r), r = sum over the other tokens v of exp(l_v - l_proposal):
-  summed WITHOUT the proposal's own term, so r keeps fp32's relative precision however small it is, and the
-  log of the per-position sum taken in float64. The reference ranks float64 probabilities 1 / (1 + r); the
-  orders agree except where two positions' r agree to ~1e-7 relative, the rounding of the fp32 logits
-  themselves (bf16 logits are far coarser), where neither order means anything. Plain fp32 probabilities would
-  not do: 1 / (1 + r) rounds to 1.0 for every r < 6e-8, tying most positions of a confident model (float64 ties
-  below r = 1e-16; there the reference's order is its top-k tie-break, ours follows r). Greedy completions are
-  token for token the reference's and the previous version's (tests; also random models with 2k-126k
-  vocabularies, whose near-uniform confidences are the hardest case).
+- the step loop makes one host-device sync, for the masked counts per row (they size the per-row noise draws
+  and the gather of the masked positions); the block's schedule goes to the device once per block, commits
+  are written with torch.where, classifier-free guidance reuses one buffer.
+Numerics (float64 vs fp32; previous version: float64 Gumbel noise for every block position, float64
+probabilities from a float64 copy of the logits):
+- the draw: float64, as before (the Gumbel-max trick degrades in low precision); same law, another random
+  stream (exponential draws, masked positions only): sampled completions differ from the previous version's for
+  the same seed. (An inverse-CDF draw, one uniform per position, would be cheaper, but its choice moves when the
+  logits move by a rounding error anywhere in the cumulative sum: ~10-20x more often than Gumbel-max's, enough
+  to break batched == one at a time, whose logits differ in the last bit through padding.)
+- the confidence: fp32 element-wise work (one exp and one sum per vocabulary entry of the fp32 logits, where the
+  previous version made a float64 copy), ranked as a LOG-probability -log1p(r), with r the sum over the other
+  tokens v of exp(l_v - l_proposal): summed WITHOUT the proposal's own term, so r keeps fp32's relative precision
+  however small it is, and the log of the per-position sum taken in float64. The reference ranks the float64
+  probabilities 1 / (1 + r); the orders agree except where two positions' r agree to ~1e-7 relative, the
+  rounding of the fp32 logits themselves (bf16 logits are far coarser), where neither order means anything.
+  Plain fp32 probabilities would not do: 1 / (1 + r) rounds to 1.0 for every r < 6e-8, tying most positions of a
+  confident model (float64 ties only below r = 1e-16; there the reference's order is its top-k tie-break, ours
+  follows r). Greedy completions are token for token the reference's and the previous version's (tests; also
+  random models with 2k-126k vocabularies, whose near-uniform confidences are the hardest case).
 Opt-in fast modes (Fast-dLLM's; both change outputs, both OFF by default):
 - `threshold` (parallel decoding): each step also commits every masked position whose confidence exceeds
   it. threshold_rule="fixed-floor" (default) commits max(scheduled k, count above threshold) per row, so it
   never makes more model calls than the fixed schedule; "any" is Fast-dLLM's rule: every position above the
   threshold, at least one per step, until the block is decoded (on a model with low confidences that can
-  take more calls than the schedule). Both stop a block as soon as every row has decoded it (one sync per
-  step: the masked counts);
+  take more calls than the schedule). Both stop a block as soon as every row has decoded it;
 - `cache="prefix"`: the first step of each block runs the whole sequence and stores every layer's keys and
   values (model.KVCache); the block's other steps run only the block and the positions after it, attending to
   the stored keys/values of the prompt and finished blocks (stale within the block: an approximation).
@@ -78,52 +78,68 @@ def num_transfer_tokens(masked_count: list[int], steps: int) -> list[list[int]]:
     return [[n // steps + (1 if i < n % steps else 0) for i in range(steps)] for n in masked_count]
 
 
-def uniforms(generator, batch: int, shape: tuple, device) -> torch.Tensor:
-    """float64 uniforms (batch, *shape) on `device`. generator: a list with one torch.Generator per row (row i's
-    values come from generator i alone), one torch.Generator for all rows (one call), or None (torch's default).
-    Drawn on the generator's device and copied to `device`."""
+# Masked positions are proposed in groups of batch rows whose float64 noise stays under this many elements
+# (~1 GB; all masked positions of 96 rows x block 32 x 126k vocabulary would be 3 GB).
+CHUNK_ELEMENTS = 2**27
+
+
+def _on_device(g, device: torch.device):
+    """g itself, or for a generator on another device (a CPU generator keyed on the example, sampling on a GPU) a
+    generator on `device` seeded from g's stream: drawing the float64 noise (positions x vocab per step) on the
+    CPU and copying it over would cost more than the forward, and torch refuses a CPU generator for GPU draws."""
+    if g is None or g.device.type == device.type:
+        return g
+    return torch.Generator(device).manual_seed(int(torch.randint(2**62, (), generator=g)))
+
+
+def row_generators(generator, batch: int, device: torch.device):
+    """A list with one generator per row (keyed draws), or one generator (or None) for the whole batch."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch} rows")
-        u = torch.stack([torch.rand(shape, generator=g, device=g.device, dtype=torch.float64) for g in generator])
-    else:
-        u = torch.rand((batch, *shape), generator=generator, dtype=torch.float64,
-                       device=device if generator is None else generator.device)
-    return u.to(device)
+        return [_on_device(g, device) for g in generator]
+    return _on_device(generator, device)
 
 
-def propose(logits: torch.Tensor, temperature: float, u: torch.Tensor | None = None,
-            max_elements: int = 2**27) -> tuple[torch.Tensor, torch.Tensor]:
+def exponentials(gens, counts: list[int], width: int, device) -> torch.Tensor:
+    """Exp(1) draws in float64, `width` per masked position, rows one after another: (sum(counts), width). With a
+    list of generators row i's counts[i] positions come from gens[i] in one call (nothing for a row without masked
+    positions), so a row's noise does not depend on its batch-mates; one call with a single generator."""
+    if isinstance(gens, list):
+        return torch.cat([torch.empty(c, width, dtype=torch.float64, device=device).exponential_(generator=g)
+                          for g, c in zip(gens, counts) if c])
+    return torch.empty(sum(counts), width, dtype=torch.float64, device=device).exponential_(generator=gens)
+
+
+def row_chunks(counts: list[int], width: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges [r0, r1) whose sum(counts) * width stays under CHUNK_ELEMENTS (one row at least)."""
+    chunks, r0, size = [], 0, 0
+    for r, c in enumerate(counts):
+        if r > r0 and (size + c) * width > CHUNK_ELEMENTS:
+            chunks.append((r0, r))
+            r0, size = r, 0
+        size += c
+    return chunks + [(r0, len(counts))]
+
+
+def propose(logits: torch.Tensor, temperature: float,
+            noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (n, V) of n masked positions -> candidate tokens (n,) and their log-confidence (n,) float64,
     log softmax(logits)[candidate] under the RAW logits (no temperature), from fp32 sums (see the file docstring).
-    temperature 0: the argmax. temperature > 0: a draw from softmax(logits / T) by inverse CDF with the float64
-    uniforms u (n,) in [0, 1): the first token whose cumulative weight exceeds u * total weight.
-    Rows go in chunks of max_elements // V, so the float64 weights stay under ~1 GB (all masked positions of
-    96 rows x block 32 x 126k vocabulary would be 3 GB)."""
-    n, V = logits.shape
-    chunk = max(1, max_elements // V)
-    x0s, confs = [], []
-    for r in range(0, n, chunk):
-        lf = logits[r:r + chunk].float()  # (c, V)
-        lmax, x0 = lf.max(-1)  # (c,): the first maximal index, like argmax
-        l_x0 = lmax
-        if temperature > 0:
-            w = lf.double().sub_(lmax[:, None]).div_(temperature).exp_()  # (c, V) float64 weights, the largest 1
-            cdf = w.cumsum_(-1)
-            total = cdf[:, -1:]  # (c, 1), >= 1
-            # u < 1, but u * total can round up to total: cap it just below, so the first entry above the target
-            # always exists and has a positive weight.
-            target = torch.minimum(u[r:r + chunk, None] * total, total.nextafter(total.new_zeros(())))
-            x0 = torch.searchsorted(cdf, target, right=True).squeeze(1)
-            l_x0 = lf.gather(-1, x0[:, None]).squeeze(1)
-        # r = sum over v != x0 of exp(l_v - l_x0) = exp(lmax - l_x0) * s: s summed in fp32 WITHOUT the proposal's own
-        # term (a tiny r keeps its relative precision; 1 + r would round to 1), then log r and the log-confidence
-        # -log(1 + r) in float64 on the (c,) sums, so no rounding of log r (~12 for a flat 126k vocabulary) is added.
-        e = (lf - lmax[:, None]).exp_().scatter_(-1, x0[:, None], 0.0)  # (c, V) fp32 in [0, 1]
-        log_r = e.sum(-1).double().log() + (lmax.double() - l_x0.double())  # (c,) float64
-        x0s.append(x0)
-        confs.append(-F.softplus(log_r))  # log(1 / (1 + r)), accurate for tiny r
-    return (x0s[0], confs[0]) if len(x0s) == 1 else (torch.cat(x0s), torch.cat(confs))
+    temperature 0: the argmax. temperature > 0: the Gumbel-max draw argmax(l - T log E) in float64 with the Exp(1)
+    noise (n, V) (overwritten), the reference's argmax(exp(l) / E^T) (E = -log u) in log space: no exp() to overflow."""
+    lf = logits.float()  # (n, V)
+    lmax, x0 = lf.max(-1)  # (n,): the first maximal index, like argmax
+    l_x0 = lmax
+    if temperature > 0:
+        x0 = noise.log_().mul_(-temperature).add_(lf).argmax(-1)
+        l_x0 = lf.gather(-1, x0[:, None]).squeeze(1)
+    # r = sum over v != x0 of exp(l_v - l_x0) = exp(lmax - l_x0) * s: s summed in fp32 WITHOUT the proposal's own
+    # term (a tiny r keeps its relative precision; 1 + r would round to 1), then log r and the log-confidence
+    # -log(1 + r) in float64 on the (n,) sums, so no rounding of log r (~12 for a flat 126k vocabulary) is added.
+    e = (lf - lmax[:, None]).exp_().scatter_(-1, x0[:, None], 0.0)  # (n, V) fp32 in [0, 1]
+    log_r = e.sum(-1).double().log() + (lmax.double() - l_x0.double())  # (n,) float64
+    return x0, -F.softplus(log_r)  # log(1 / (1 + r)), accurate for tiny r
 
 
 def commit_mask(score: torch.Tensor, k: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -174,17 +190,17 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
              remasking: str = "low_confidence", mask_id: int | None = None, generator=None,
              threshold: float | None = None, cache: str = "none", threshold_rule: str = "fixed-floor") -> torch.Tensor:
     """Sample completions. prompt (B, P) left-padded ids, attention_mask (B, P) 1 = real token.
-    Returns (B, P + gen_length): the prompt followed by the completion (no MASK left).
+    Returns (B, P + gen_length): the prompt followed by the completion (no MASK left, unless the model proposes
+    the [MASK] token itself: committing it leaves the position masked, as in the reference).
     Fast modes (approximate, off by default): threshold (parallel decoding, see threshold_rule), cache "prefix" |
     "dual"."""
     num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache,
                                              threshold, threshold_rule)
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
-    if isinstance(generator, (list, tuple)) and len(generator) != B:
-        raise ValueError(f"got {len(generator)} generators for a batch of {B} rows")
     L = P + gen_length
     device = prompt.device
+    gens = row_generators(generator, B, device)
     # Classifier-free guidance runs the conditional rows and, below them, the same rows with the prompt hidden:
     # one (2B, L) buffer whose first half IS the state x (a view), the second half refreshed each step.
     xx = torch.full((2 * B if cfg_scale > 0 else B, L), mask_id, dtype=torch.long, device=device)
@@ -198,32 +214,32 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
     rope = model.rope(xx, am)  # (rows, 1, L, hd) cos and sin, the same for every step
     # Steps a block may take: the schedule's, or up to one per position for the "any" threshold rule.
     max_steps = block_length if threshold is not None and threshold_rule == "any" else steps_per_block
-    # Uniforms per (row, step, position, draw): draw 0 the proposal's at T > 0, draw -1 the confidence's for
-    # random remasking.
-    n_draws = (temperature > 0) + (remasking == "random")
     log_threshold = None if threshold is None else (math.log(threshold) if threshold > 0 else -math.inf)
+    V = model.config.vocab_size
+    # Exp(1) draws per masked position and step: V for the Gumbel-max proposal at T > 0, 1 for the confidence of
+    # random remasking (exp(-E) is uniform, so its log is -E).
+    width = (V if temperature > 0 else 0) + (remasking == "random")
 
     for b in range(num_blocks):
         s, e = P + b * block_length, P + (b + 1) * block_length
         end = L if cache == "prefix" else e  # cached steps recompute positions [s, end)
         block = x[:, s:e]  # a view: writing into it writes into x
-        left = (block == mask_id).sum(1).tolist()  # masked positions per row; one sync per block
-        schedule = num_transfer_tokens(left, steps_per_block)  # (B, steps_per_block) on the host ...
+        counts = (block == mask_id).sum(1).tolist()  # masked positions per row at the block's start
+        schedule = num_transfer_tokens(counts, steps_per_block)  # (B, steps_per_block) on the host ...
         k_dev = torch.tensor(schedule, device=device).T  # ... and on the device: (steps_per_block, B)
-        u = uniforms(generator, B, (max_steps, block_length, n_draws), device) if n_draws else None
         kv = None
         for step in range(max_steps):
-            if threshold is None:
-                k = [row[step] for row in schedule]
-                if max(k) == 0:
-                    continue
+            if threshold is None and max(row[step] for row in schedule) == 0:
+                continue  # the schedule commits nothing in any row: the step cannot change the state
             masked = block == mask_id  # (B, bl)
-            if threshold is not None and step > 0:
-                left = masked.sum(1).tolist()  # one sync per step: the block ends when every row is decoded
-            n = sum(left)  # the schedule's own steps always leave masked positions: n > 0 without a threshold
-            if n == 0:
+            # One sync per step: the masked counts per row size the rows' noise draws and the gather below. They do
+            # not follow from the schedule: a proposal may be the [MASK] token itself, which leaves its position
+            # masked (as in the reference).
+            left = masked.sum(1).tolist()
+            n = sum(left)
+            if n == 0:  # every row has decoded the block (threshold modes)
                 break
-            # (n,) flat indices row * bl + position of the masked positions; n is known on the host, so no sync
+            # (n,) flat indices row * bl + position of the masked positions, row-major (no second sync)
             idx = torch.nonzero_static(masked.flatten(), size=n).squeeze(1)
             if cfg_scale > 0:
                 xx[B:, P:] = x[:, P:]  # unconditional rows: the prompt stays MASK, the completion follows x
@@ -243,16 +259,22 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
                 cond, uncond = logits.chunk(2)
                 logits = uncond + (cfg_scale + 1) * (cond - uncond)
             logits = logits.flatten(0, 1)[idx]  # (n, V): the masked positions
-            u_step = None if u is None else u[:, step].flatten(0, 1)[idx]  # (n, n_draws)
-            x0, conf = propose(logits, temperature, u_step[:, 0] if temperature > 0 else None)
-            if remasking == "random":
-                conf = torch.log1p(-u_step[:, -1])  # log(1 - u), float64: a uniform confidence in (0, 1]
-            score = torch.full((B * block_length,), -torch.inf, dtype=conf.dtype, device=device)
+            x0 = torch.empty(n, dtype=torch.long, device=device)
+            conf = torch.empty(n, dtype=torch.float64, device=device)
+            a = 0
+            for r0, r1 in row_chunks(left, max(width, V)):  # the positions of rows [r0, r1) are idx[a:z]
+                z = a + sum(left[r0:r1])
+                noise = exponentials(gens[r0:r1] if isinstance(gens, list) else gens, left[r0:r1], width,
+                                     device) if width else None  # (z - a, width)
+                x0[a:z], conf[a:z] = propose(logits[a:z], temperature, noise[:, :V] if temperature > 0 else None)
+                if remasking == "random":
+                    conf[a:z] = -noise[:, -1]  # log u for the uniform u = exp(-E) in (0, 1]
+                a = z
+            score = torch.full((B * block_length,), -torch.inf, dtype=torch.float64, device=device)
             score = score.index_put_((idx,), conf).view(B, -1)  # (B, bl) log-confidence, -inf where not masked
             cand = block.flatten().index_put((idx,), x0).view(B, -1)  # (B, bl): proposals at the masked positions
             if threshold is None:
                 k_step = k_dev[step]
-                left = [a - c for a, c in zip(left, k)]
             else:
                 floor = k_dev[step] if threshold_rule == "fixed-floor" else torch.ones_like(k_dev[0])
                 k_step = torch.maximum(floor, (score > log_threshold).sum(1))
