@@ -10,26 +10,28 @@ Exactly the reference algorithm (llada.md; tests/reference_sampler.py), with the
 - the output head runs only on the current block, the proposal and the confidence only on its positions still
   masked (the 126k-vocab head is the largest activation; a committed position needs no proposal);
 - RoPE cos/sin are computed once per generate (model.rope) and passed to every forward;
-- the draw at T > 0 is the reference's Gumbel-max trick in log space, argmax(l - T log E) with E ~ Exp(1)
-  (= argmax(exp(l) / E^T), E = -log u, without overflowing exp()): torch's exponential draws and one log per
-  element, instead of uniforms and two logs;
+- the draw at T > 0 is the reference's Gumbel-max trick, written in log space: argmax(l - T log(-log u)) =
+  argmax(exp(l) / (-log u)^T) without overflowing exp(), u uniform, in float64 and in place (no float64 copy of
+  the logits);
 - `generator` may be a list with one torch.Generator per row: row i's noise for a step is ONE call on its own
   generator for its own masked positions (rows with nothing masked draw nothing), so a row's samples do not
   depend on which other rows share its batch (batched == one at a time; N processes == 1 process). A single
   generator draws the whole step in one call. CPU generators (model.example_generator) may drive sampling on a
   GPU: each seeds a generator on the GPU from its own stream (a row's samples still depend only on its generator);
-- `remasking="random"`: confidence exp(-E), one more Exp(1) draw per position;
+- `remasking="random"`: confidence 1 - u, one more uniform per position;
 - a step whose schedule commits nothing in any row is skipped (it cannot change the state);
 - the step loop makes one host-device sync, for the masked counts per row (they size the per-row noise draws
   and the gather of the masked positions); the block's schedule goes to the device once per block, commits
   are written with torch.where, classifier-free guidance reuses one buffer.
 Numerics (float64 vs fp32; previous version: float64 Gumbel noise for every block position, float64
 probabilities from a float64 copy of the logits):
-- the draw: float64, as before (the Gumbel-max trick degrades in low precision); same law, another random
-  stream (exponential draws, masked positions only): sampled completions differ from the previous version's for
-  the same seed. (An inverse-CDF draw, one uniform per position, would be cheaper, but its choice moves when the
-  logits move by a rounding error anywhere in the cumulative sum: ~10-20x more often than Gumbel-max's, enough
-  to break batched == one at a time, whose logits differ in the last bit through padding.)
+- the draw: float64, the same expression as before (the Gumbel-max trick degrades in low precision); same law,
+  another random stream (noise for the masked positions only): sampled completions differ from the previous
+  version's for the same seed. Two alternatives were measured and left: Exp(1) draws with one log per element
+  (torch's CPU exponential_ is 4x slower than rand, 2.3x slower than rand and two logs), and an inverse-CDF draw
+  with one uniform per position (its choice moves with a last-bit change of the logits anywhere in the cumulative
+  sum, ~10-20x more often than Gumbel-max's, enough to break batched == one at a time, whose logits differ in the
+  last bit through padding);
 - the confidence: fp32 element-wise work (one exp and one sum per vocabulary entry of the fp32 logits, where the
   previous version made a float64 copy), ranked as a LOG-probability -log1p(r), with r the sum over the other
   tokens v of exp(l_v - l_proposal): summed WITHOUT the proposal's own term, so r keeps fp32's relative precision
@@ -101,14 +103,19 @@ def row_generators(generator, batch: int, device: torch.device):
     return _on_device(generator, device)
 
 
-def exponentials(gens, counts: list[int], width: int, device) -> torch.Tensor:
-    """Exp(1) draws in float64, `width` per masked position, rows one after another: (sum(counts), width). With a
-    list of generators row i's counts[i] positions come from gens[i] in one call (nothing for a row without masked
-    positions), so a row's noise does not depend on its batch-mates; one call with a single generator."""
-    if isinstance(gens, list):
-        return torch.cat([torch.empty(c, width, dtype=torch.float64, device=device).exponential_(generator=g)
-                          for g, c in zip(gens, counts) if c])
-    return torch.empty(sum(counts), width, dtype=torch.float64, device=device).exponential_(generator=gens)
+def uniforms(gens, counts: list[int], width: int, device) -> torch.Tensor:
+    """float64 uniforms in [0, 1), `width` per masked position, rows one after another: (sum(counts), width). With
+    a list of generators row i's counts[i] positions come from gens[i] in one call (nothing for a row without
+    masked positions), so a row's noise does not depend on its batch-mates; one call with a single generator."""
+    out = torch.empty(sum(counts), width, dtype=torch.float64, device=device)
+    if not isinstance(gens, list):
+        return out.uniform_(generator=gens)
+    a = 0
+    for g, c in zip(gens, counts):
+        if c:
+            out[a:a + c].uniform_(generator=g)  # contiguous rows: the values torch.rand((c, width)) would get
+            a += c
+    return out
 
 
 def row_chunks(counts: list[int], width: int) -> list[tuple[int, int]]:
@@ -126,20 +133,42 @@ def propose(logits: torch.Tensor, temperature: float,
             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (n, V) of n masked positions -> candidate tokens (n,) and their log-confidence (n,) float64,
     log softmax(logits)[candidate] under the RAW logits (no temperature), from fp32 sums (see the file docstring).
-    temperature 0: the argmax. temperature > 0: the Gumbel-max draw argmax(l - T log E) in float64 with the Exp(1)
-    noise (n, V) (overwritten), the reference's argmax(exp(l) / E^T) (E = -log u) in log space: no exp() to overflow."""
+    temperature 0: the argmax. temperature > 0: the Gumbel-max draw argmax(l - T log(-log u)) in float64 with the
+    uniforms u = noise (n, V) (overwritten): the reference's argmax(exp(l) / (-log u)^T) in log space, with no
+    exp() to overflow."""
     lf = logits.float()  # (n, V)
     lmax, x0 = lf.max(-1)  # (n,): the first maximal index, like argmax
-    l_x0 = lmax
     if temperature > 0:
-        x0 = noise.log_().mul_(-temperature).add_(lf).argmax(-1)
-        l_x0 = lf.gather(-1, x0[:, None]).squeeze(1)
+        x0 = noise.log_().neg_().log_().mul_(-temperature).add_(lf).argmax(-1)  # in place, float64
     # r = sum over v != x0 of exp(l_v - l_x0) = exp(lmax - l_x0) * s: s summed in fp32 WITHOUT the proposal's own
     # term (a tiny r keeps its relative precision; 1 + r would round to 1), then log r and the log-confidence
     # -log(1 + r) in float64 on the (n,) sums, so no rounding of log r (~12 for a flat 126k vocabulary) is added.
     e = (lf - lmax[:, None]).exp_().scatter_(-1, x0[:, None], 0.0)  # (n, V) fp32 in [0, 1]
-    log_r = e.sum(-1).double().log() + (lmax.double() - l_x0.double())  # (n,) float64
+    log_r = e.sum(-1).double().log_()  # (n,) float64
+    if temperature > 0:  # x0 is not always the argmax: add lmax - l_x0 (exact in float64)
+        log_r += lmax.double() - lf.gather(-1, x0[:, None]).squeeze(1).double()
     return x0, -F.softplus(log_r)  # log(1 / (1 + r)), accurate for tiny r
+
+
+def propose_rows(logits: torch.Tensor, counts: list[int], temperature: float, remasking: str,
+                 gens) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (n, V) of the masked positions of consecutive rows, counts[i] of row i -> propose()'s proposals (n,)
+    and log-confidences (n,) float64, with each row's noise from its own generator, in chunks of rows whose noise
+    stays under CHUNK_ELEMENTS."""
+    V = logits.shape[1]
+    # Uniforms per position: V for the Gumbel-max proposal at T > 0, 1 for the confidence of random remasking.
+    width = (V if temperature > 0 else 0) + (remasking == "random")
+    x0s, confs, a = [], [], 0
+    for r0, r1 in row_chunks(counts, max(width, V)):
+        z = a + sum(counts[r0:r1])  # the positions of rows [r0, r1) are logits[a:z]
+        noise = uniforms(gens[r0:r1] if isinstance(gens, list) else gens, counts[r0:r1], width,
+                         logits.device) if width else None  # (z - a, width)
+        x0, conf = propose(logits[a:z], temperature, noise[:, :V] if temperature > 0 else None)
+        x0s.append(x0)
+        # random remasking: log(1 - u), the log of a uniform confidence in (0, 1] (finite, unlike log u at u = 0)
+        confs.append(torch.log1p(-noise[:, -1]) if remasking == "random" else conf)
+        a = z
+    return (x0s[0], confs[0]) if len(x0s) == 1 else (torch.cat(x0s), torch.cat(confs))
 
 
 def commit_mask(score: torch.Tensor, k: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -215,10 +244,6 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
     # Steps a block may take: the schedule's, or up to one per position for the "any" threshold rule.
     max_steps = block_length if threshold is not None and threshold_rule == "any" else steps_per_block
     log_threshold = None if threshold is None else (math.log(threshold) if threshold > 0 else -math.inf)
-    V = model.config.vocab_size
-    # Exp(1) draws per masked position and step: V for the Gumbel-max proposal at T > 0, 1 for the confidence of
-    # random remasking (exp(-E) is uniform, so its log is -E).
-    width = (V if temperature > 0 else 0) + (remasking == "random")
 
     for b in range(num_blocks):
         s, e = P + b * block_length, P + (b + 1) * block_length
@@ -239,8 +264,6 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
             n = sum(left)
             if n == 0:  # every row has decoded the block (threshold modes)
                 break
-            # (n,) flat indices row * bl + position of the masked positions, row-major (no second sync)
-            idx = torch.nonzero_static(masked.flatten(), size=n).squeeze(1)
             if cfg_scale > 0:
                 xx[B:, P:] = x[:, P:]  # unconditional rows: the prompt stays MASK, the completion follows x
             if cache == "none":
@@ -258,21 +281,10 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
             if cfg_scale > 0:
                 cond, uncond = logits.chunk(2)
                 logits = uncond + (cfg_scale + 1) * (cond - uncond)
-            logits = logits.flatten(0, 1)[idx]  # (n, V): the masked positions
-            x0 = torch.empty(n, dtype=torch.long, device=device)
-            conf = torch.empty(n, dtype=torch.float64, device=device)
-            a = 0
-            for r0, r1 in row_chunks(left, max(width, V)):  # the positions of rows [r0, r1) are idx[a:z]
-                z = a + sum(left[r0:r1])
-                noise = exponentials(gens[r0:r1] if isinstance(gens, list) else gens, left[r0:r1], width,
-                                     device) if width else None  # (z - a, width)
-                x0[a:z], conf[a:z] = propose(logits[a:z], temperature, noise[:, :V] if temperature > 0 else None)
-                if remasking == "random":
-                    conf[a:z] = -noise[:, -1]  # log u for the uniform u = exp(-E) in (0, 1]
-                a = z
-            score = torch.full((B * block_length,), -torch.inf, dtype=torch.float64, device=device)
-            score = score.index_put_((idx,), conf).view(B, -1)  # (B, bl) log-confidence, -inf where not masked
-            cand = block.flatten().index_put((idx,), x0).view(B, -1)  # (B, bl): proposals at the masked positions
+            x0, conf = propose_rows(logits[masked], left, temperature, remasking, gens)  # (n,): row-major order
+            score = torch.full(masked.shape, -torch.inf, dtype=torch.float64, device=device)
+            score.masked_scatter_(masked, conf)  # (B, bl) log-confidence, -inf where not masked
+            cand = block.masked_scatter(masked, x0)  # (B, bl): the proposals at the masked positions
             if threshold is None:
                 k_step = k_dev[step]
             else:

@@ -205,7 +205,7 @@ def test_proposals_follow_softmax_over_temperature(temperature):
     a 10% different temperature, which it must reject)."""
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
     n = 200_000
-    noise = torch.empty(n, 6, dtype=torch.float64).exponential_(generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(n, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x0, _ = propose(logits.expand(n, -1), temperature, noise)
     counts = torch.bincount(x0, minlength=6).double()
 
@@ -237,7 +237,7 @@ def test_confidence_is_the_log_softmax_of_the_proposal():
     for logits in [torch.randn(64, 30, generator=g) * 3, torch.randn(8, 126464, generator=g) * 0.02]:
         n = logits.shape[0]
         for T in [0.0, 0.7]:
-            x0, conf = propose(logits, T, torch.empty(logits.shape, dtype=torch.float64).exponential_(generator=g))
+            x0, conf = propose(logits, T, torch.rand(logits.shape, dtype=torch.float64, generator=g))
             if T == 0:
                 assert torch.equal(x0, logits.argmax(-1))
             ref = torch.log_softmax(logits.double(), -1).gather(-1, x0[:, None]).squeeze(1)
