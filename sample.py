@@ -72,17 +72,15 @@ from model import KVCache
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
 THRESHOLD_RULES = ("fixed-floor", "any")
+# Masked positions are proposed in groups of batch rows whose float64 noise stays under this many elements
+# (~1 GB; all masked positions of 96 rows x block 32 x 126k vocabulary would be 3 GB).
+CHUNK_ELEMENTS = 2**27
 
 
 def num_transfer_tokens(masked_count: list[int], steps: int) -> list[list[int]]:
     """Per row, how many tokens each of `steps` steps commits: count // steps each, the remainder spread one
     each over the first steps (the reference schedule)."""
     return [[n // steps + (1 if i < n % steps else 0) for i in range(steps)] for n in masked_count]
-
-
-# Masked positions are proposed in groups of batch rows whose float64 noise stays under this many elements
-# (~1 GB; all masked positions of 96 rows x block 32 x 126k vocabulary would be 3 GB).
-CHUNK_ELEMENTS = 2**27
 
 
 def _on_device(g, device: torch.device):
