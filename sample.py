@@ -279,7 +279,9 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
             if cfg_scale > 0:
                 cond, uncond = logits.chunk(2)
                 logits = uncond + (cfg_scale + 1) * (cond - uncond)
-            x0, conf = propose_rows(logits[masked], left, temperature, remasking, gens)  # (n,): row-major order
+            # the masked positions, row-major: (n, V); nonzero_static with the known n makes no second sync
+            logits = logits.flatten(0, 1)[torch.nonzero_static(masked.flatten(), size=n).squeeze(1)]
+            x0, conf = propose_rows(logits, left, temperature, remasking, gens)  # (n,)
             score = torch.full(masked.shape, -torch.inf, dtype=torch.float64, device=device)
             score.masked_scatter_(masked, conf)  # (B, bl) log-confidence, -inf where not masked
             cand = block.masked_scatter(masked, x0)  # (B, bl): the proposals at the masked positions
