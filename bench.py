@@ -15,7 +15,7 @@ modes run interleaved (repeat 1 of every mode, then repeat 2 in reverse order, .
 speed-up is the median over repeats of that repeat's ratio, so the drift of a shared machine hits all modes
 alike; on a CPU with one thread the sampler's times are process CPU time, which other jobs do not inflate.
 - tokens/s: completion tokens (sampler, GRPO generation) or trained tokens (SFT, GRPO updates) per second;
-- ms/step: wall time per model call (one denoising step of a whole batch; the reference decodes the same
+- ms/step: time per model call (one denoising step of a whole batch; the reference decodes the same
   batches, with the same padding mask: every sampler ratio is at equal batch);
 - model calls: forwards over all batches (threshold modes stop a block early; the fixed-floor rule never
   calls more often than the schedule, Fast-dLLM's "+any" rule can);
