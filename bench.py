@@ -204,13 +204,18 @@ def build(args):
     else:
         tokenizer = make_char_tokenizer() if args.arch == "tiny" else None
         overrides = {} if args.layers is None else {"n_layers": args.layers}
+        if getattr(args, "vocab", None):  # the preset's special ids, a larger vocabulary of plain tokens
+            overrides.update(vocab_size=args.vocab, embedding_size=args.vocab)
         cfg = preset_config(args.arch, tokenizer, **overrides)
+        if getattr(args, "vocab", None):
+            tokenizer = None  # the character tokenizer cannot decode the larger vocabulary's ids
         # Built on the meta device, then allocated directly on the target device in the target dtype (an 8B model
         # never exists in fp32 or on the CPU), then randomly initialised there.
         with torch.device("meta"):
             model = LLaDA(cfg)
         model = model.to(dtype).to_empty(device=args.device).init_weights(args.seed)
-        desc = f"random {args.arch}" + (f" ({args.layers} layers)" if args.layers is not None else "")
+        desc = f"random {args.arch}" + (f" ({args.layers} layers)" if args.layers is not None else "") + \
+            (f", vocabulary {args.vocab:,}" if getattr(args, "vocab", None) else "")
     n = model.num_params()
     return model.eval(), tokenizer, f"{desc}, {n / 1e6:.1f}M parameters"
 
@@ -418,15 +423,18 @@ def grpo_round(model, optimizer, params, args, prompt_ids, prompt_mask, counter:
         setattr(a, k, getattr(args, k))
     a.logp_batch_size, a.diffusion_steps, a.mu = getattr(args, "logp_batch_size", None), steps, mu
 
+    # One CPU thread: the process's CPU time (other jobs on shared cores inflate wall time, not CPU time).
+    clock = time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
     def start():
         counter.reset()
         reset_peak(device)
         sync(device)
-        return time.perf_counter()
+        return clock()
 
     def done(phase, t0, flops, tokens):
         sync(device)
-        res[phase] = dict(seconds=time.perf_counter() - t0, flops=flops, tokens=tokens, peak_mib=peak_mib(device))
+        res[phase] = dict(seconds=clock() - t0, flops=flops, tokens=tokens, peak_mib=peak_mib(device))
 
     t0 = start()
     completion_ids = rl.rollout(model, prompt_ids, prompt_mask, gidx, s, a, autocast)  # (n, gen_length)
@@ -487,7 +495,7 @@ def bench_grpo_step(args):
           f"q/k/v/up, mu={args.mu}, micro-batch {args.micro_batch_size}, log-prob batch "
           f"{args.logp_batch_size or n}, beta {args.beta}; random rewards; peak memory {peak:.0f} MiB. tokens: "
           f"generation = completion tokens; log-probs and updates = tokens forwarded (prompt + completion, per "
-          f"mask and pass)\n")
+          f"mask and pass); seconds: {'process CPU time (1 thread)' if device == 'cpu' and torch.get_num_threads() == 1 else 'wall clock'}\n")
     print(table(["phase", "seconds", "% of round", "tokens", "tokens/s", "MFU (%)"], out_rows))
 
 
@@ -1262,6 +1270,9 @@ def parse_args(argv=None):
     c("--model", default=None, help="checkpoint folder (HF layout) instead of random weights")
     c("--adapter", default=None, help="LoRA adapter folder to apply to --model")
     c("--layers", type=positive_int, default=None, help="override the preset's n_layers (e.g. 1: smoke-test llada-8b)")
+    c("--vocab", type=positive_int, default=None,
+      help="random weights: override the vocabulary size (e.g. 126464, LLaDA's, on the tiny body: where the "
+           "sampler's per-vocabulary work matters)")
     c("--device", default=None, help="default: the preset's (tiny: cpu, llada-8b: cuda)")
     c("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the preset's")
     c("--repeats", type=positive_int, default=None, help="timed runs per figure (the median is reported)")

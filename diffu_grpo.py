@@ -154,8 +154,8 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     x = torch.cat([noisy_prompt, torch.full_like(completion_ids, mask_id)], dim=1)  # (B, P + G)
     # No mask when nothing is padded: SDPA then may use its flash kernel (it takes no mask)
     am = None if bool(prompt_mask.all()) else torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
-    # Through the model's forward (DDP/FSDP hooks); sliced outside it: FSDP warns when a forward returns a view.
-    h = model(x, am, return_hidden=True)[:, P:]  # (B, G, D)
+    # Through the model's forward (DDP/FSDP hooks); its last block computes the completion positions only.
+    h = model(x, am, positions=slice(P, None), return_hidden=True)  # (B, G, D)
     head = unwrap(model).head
     out = []
     for r in range(0, B, chunk_rows):

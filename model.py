@@ -196,17 +196,25 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(d, h, bias=False)
         self.ff_out = nn.Linear(h, d, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask, kv_cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, attn_mask, kv_cache: KVCache | None = None, layer: int = 0, rows=None):
+        """x (B, L, D) -> (B, L, D). rows (a slice or 1-D index tensor of positions, or None = all): compute the
+        queries, attention output and MLP of these positions only, from the keys and values of every position
+        -> (B, R, D). The last block of a forward whose caller reads some positions only (the sampler's current
+        block, the estimator's completion) skips the rest: nothing after it mixes positions."""
         B, L, D = x.shape
         a = self.attn_norm(x)
         # (B, L, D) -> (B, H, L, hd)
-        q, k, v = (p(a).view(B, L, self.n_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k, v = (p(a).view(B, L, self.n_heads, -1).transpose(1, 2) for p in (self.k_proj, self.v_proj))
+        k = apply_rope(k, cos, sin)
+        if rows is not None:
+            x, a, cos, sin = x[:, rows], a[:, rows], cos[:, :, rows], sin[:, :, rows]
+        R = x.shape[1]
+        q = apply_rope(self.q_proj(a).view(B, R, self.n_heads, -1).transpose(1, 2), cos, sin)  # (B, H, R, hd)
         if kv_cache is not None:  # keys/values of the whole cached sequence (B, H, L_cache, hd)
             k, v = kv_cache.update(layer, k, v)
         # Bidirectional: no causal mask. attn_mask (B, 1, 1, L) bool, True = attend; None = attend to all.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
-        x = x + self.attn_out(y.transpose(1, 2).reshape(B, L, D))
+        x = x + self.attn_out(y.transpose(1, 2).reshape(B, R, D))
         f = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(f)) * self.up_proj(f))
 
@@ -308,8 +316,9 @@ class LLaDA(nn.Module):
         return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      kv_cache: KVCache | None = None, rope: tuple | None = None) -> torch.Tensor:
-        """input_ids (B, L), attention_mask (B, L) 1 = real token, 0 = padding -> final hidden (B, L, D).
+                      kv_cache: KVCache | None = None, rope: tuple | None = None, rows=None) -> torch.Tensor:
+        """input_ids (B, L), attention_mask (B, L) 1 = real token, 0 = padding -> final hidden (B, L, D), or
+        (B, R, D) for rows (a slice or 1-D index tensor of positions; the last block computes only those).
         rope: self.rope(input_ids, attention_mask) computed once by the caller (None: computed here).
         kv_cache (sampler fast modes, see KVCache): empty = run as usual and fill it; filled = input_ids (B, W)
         are the tokens of positions [kv_cache.start, kv_cache.start + W) of the cached sequence, whose RoPE
@@ -332,11 +341,13 @@ class LLaDA(nn.Module):
             if kv_cache is not None:
                 kv_cache.cos, kv_cache.sin, kv_cache.attn_mask = cos, sin, attn_mask
         x = self.transformer.wte(input_ids)
+        last = len(self.transformer.blocks) - 1
         for i, block in enumerate(self.transformer.blocks):
+            keep = rows if i == last else None
             if kv_cache is None and self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, cos, sin, attn_mask, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, attn_mask, None, i, keep, use_reentrant=False)
             else:
-                x = block(x, cos, sin, attn_mask, kv_cache, i)
+                x = block(x, cos, sin, attn_mask, kv_cache, i, keep)
         return self.transformer.ln_f(x)
 
     def head(self, h: torch.Tensor, fp32: bool = False) -> torch.Tensor:
@@ -350,9 +361,7 @@ class LLaDA(nn.Module):
         return_hidden=True returns the final hidden states (B, P, D) instead, for callers that apply the head in
         chunks (going through forward keeps DDP/FSDP hooks intact). kv_cache, rope: see hidden_states; `positions`
         index the tokens passed in (with a filled cache: relative to kv_cache.start)."""
-        h = self.hidden_states(input_ids, attention_mask, kv_cache, rope)
-        if positions is not None:
-            h = h[:, positions]
+        h = self.hidden_states(input_ids, attention_mask, kv_cache, rope, rows=positions)  # (B, P, D)
         return h if return_hidden else self.head(h)
 
     def num_params(self) -> int:

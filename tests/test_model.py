@@ -118,3 +118,19 @@ def test_load_adapter(tiny_dir, tokenizer, tmp_path):
     torch.testing.assert_close(m2(ids, mask), want, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_adapter(LLaDA.from_pretrained(tiny_dir), tmp_path)
+
+
+def test_last_block_for_some_rows_equals_slicing_the_full_forward(tiny_model):
+    """forward(positions=...) runs the last block's queries, attention output and MLP for those positions only
+    (keys and values still from every position): the same hidden states as slicing a full forward."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 60, (3, 20), generator=g)
+    am = torch.ones_like(ids)
+    am[0, :6] = 0  # left padding
+    with torch.no_grad():
+        full = tiny_model(ids, am, return_hidden=True)
+        for rows in (slice(12, 20), slice(0, 1), torch.tensor([2, 5, 19])):
+            part = tiny_model(ids, am, positions=rows, return_hidden=True)
+            torch.testing.assert_close(part, full[:, rows], rtol=0, atol=1e-5)
+            torch.testing.assert_close(tiny_model(ids, am, positions=rows), tiny_model.head(full[:, rows]),
+                                       rtol=0, atol=1e-5)
