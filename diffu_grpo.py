@@ -117,7 +117,7 @@ D1_WARMUP_RATIO = 1e-4  # d1: lr_scheduler_type constant_with_warmup, warmup_rat
 # The flags that make up d1's recipe: the run plan lists those whose value differs from d1's (the parser defaults,
 # with the per-task values above).
 RECIPE = ("max_steps", "mu", "num_generations", "prompts_per_step", "gen_length", "block_length", "diffusion_steps",
-          "temperature", "threshold", "cache", "max_prompt_length", "p_mask_prompt", "eps", "beta", "scale_rewards",
+          "temperature", "threshold", "cache", "cache_refresh", "max_prompt_length", "p_mask_prompt", "eps", "beta", "scale_rewards",
           "random_reward", "lr", "warmup_steps", "betas", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha",
           "lora_targets")
 
@@ -245,9 +245,11 @@ class Round:
     mask_seeds: list[int]         # mu seeds, one per inner step, drawn once and stored with the rollout
 
 
-def rollout(model, prompt_ids, prompt_mask, gidx: list[int], rnd: int, args, autocast) -> torch.Tensor:
+def rollout(model, prompt_ids, prompt_mask, gidx: list[int], rnd: int, args, autocast,
+            stats: dict | None = None) -> torch.Tensor:
     """The completions (N, gen_length) of this rank's rows, sampled in batches of --gen-batch-size. The noise of
-    row i is keyed on (seed, round, gidx[i]): a completion does not depend on its batch-mates or the rank."""
+    row i is keyed on (seed, round, gidx[i]): a completion does not depend on its batch-mates or the rank.
+    stats: the sampler's model calls and positions are added to it (sample.generate)."""
     model.eval()
     out = []
     for r in range(0, len(gidx), args.gen_batch_size):
@@ -256,7 +258,8 @@ def rollout(model, prompt_ids, prompt_mask, gidx: list[int], rnd: int, args, aut
             x = generate(model, prompt_ids[rows], prompt_mask[rows], steps=args.diffusion_steps,
                          gen_length=args.gen_length, block_length=args.block_length, temperature=args.temperature,
                          generator=[example_generator(args.seed, 1, rnd, g) for g in gidx[rows]],
-                         threshold=args.threshold, cache=args.cache)  # (b, P + gen_length)
+                         threshold=args.threshold, cache=args.cache, cache_refresh=args.cache_refresh,
+                         stats=stats)  # (b, P + gen_length)
         out.append(x[:, prompt_ids.shape[1]:])
     return torch.cat(out)
 
@@ -351,12 +354,15 @@ def all_reduce_sums(sums: dict[str, float], device, ddp: bool, world: int) -> di
 
 
 def round_log(totals: dict[str, float], G: int, gen_length: int, t_gen: float, t_logp: float) -> dict:
-    """Round statistics (logged on the round's first optimizer step) from globally summed numbers."""
+    """Round statistics (logged on the round's first optimizer step) from globally summed numbers. gen_calls,
+    gen_positions: the round's sampler model calls and the rows x sequence positions they ran, all ranks together
+    (the rollout's cost in forwards: the cache and threshold modes lower one or both)."""
     n = totals["n"]
     mean = totals["reward"] / n
     log = {"reward": mean, "reward_std": math.sqrt(max(totals["reward_sq"] / n - mean ** 2, 0.0)),
            "zero_std_groups": totals["zero_std_groups"] / (n / G), "completion_len": totals["tokens"] / n,
-           "t_gen": t_gen, "t_logp": t_logp, "gen_tok_s": n * gen_length / max(t_gen, 1e-9)}
+           "t_gen": t_gen, "t_logp": t_logp, "gen_tok_s": n * gen_length / max(t_gen, 1e-9),
+           "gen_calls": totals["gen_calls"], "gen_positions": totals["gen_positions"]}
     for key, v in totals.items():  # "task/component" sums -> per-completion means of that task
         if "/" in key and not key.endswith("/count"):
             log[f"reward/{key}"] = v / max(1.0, totals[key.split("/")[0] + "/count"])
@@ -541,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="opt-in fast parallel decoding for rollouts: commit every token above this confidence")
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
                    help="opt-in approximate KV cache for rollouts (Fast-dLLM); changes the samples")
+    p.add_argument("--cache-refresh", type=positive_int, default=None,
+                   help="with --cache: refill the rollout cache every N sampler calls of a block (default: once per "
+                        "block; 1 = the exact sampler's rollouts)")
     # objective
     p.add_argument("--mu", type=positive_int, default=None,
                    help="inner iterations = optimizer steps per rollout round (default: d1's per task, 12 or 8)")
@@ -640,6 +649,9 @@ def parse_args(argv=None):
     if args.diffusion_steps % blocks:
         p.error(f"--diffusion-steps {args.diffusion_steps}: must be a multiple of the {blocks} blocks "
                 f"(--gen-length {args.gen_length} / --block-length {args.block_length})")
+    if args.cache_refresh is not None and args.cache == "none":
+        p.error(f"--cache-refresh {args.cache_refresh}: refreshes the rollout cache, pass --cache prefix or dual "
+                "with it")
     if args.fsdp and (args.lora_r > 0 or ("RANK" not in os.environ and args.dry_run is None)):
         p.error("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
     if args.fsdp and args.threshold is not None:
@@ -791,7 +803,8 @@ def run(args):
         examples = [train[i] for i in idx for _ in range(G)]
         gidx = [(rank * prompts_per_rank + j // G) * G + j % G for j in range(local_n)]  # global completion index
         prompt_ids, prompt_mask = left_pad([encode(ex) for ex in examples], eos_id, device)
-        completion_ids = rollout(raw, prompt_ids, prompt_mask, gidx, r, args, autocast)  # (local_n, gen_length)
+        gen_stats = {"calls": 0, "positions": 0}  # sampler model calls and rows x positions they ran
+        completion_ids = rollout(raw, prompt_ids, prompt_mask, gidx, r, args, autocast, gen_stats)  # (local_n, gen_len)
         t_gen = time.time() - t0
 
         # ---- 2. rewards and advantages (each rank scores its own groups)
@@ -828,6 +841,7 @@ def run(args):
         groups = task_rewards.view(-1, G)
         sums = {"reward": float(task_rewards.sum()), "reward_sq": float((task_rewards ** 2).sum()),
                 "n": float(local_n), "tokens": float(cmask.sum()), **comp_sums,
+                "gen_calls": float(gen_stats["calls"]), "gen_positions": float(gen_stats["positions"]),
                 "zero_std_groups": float((groups.std(1) == 0).sum()) if G > 1 else float(len(groups))}
         for i, line in enumerate(lines):  # per-step token sums of the loss statistics
             sums.update({f"{i}/{key}": line[key] for key in ("loss", "clip_frac", "ratio", "kl")})

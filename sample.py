@@ -26,6 +26,9 @@ Opt-in fast modes (Fast-dLLM's; both change outputs, both OFF by default):
   the stored keys/values of the prompt and finished blocks (stale within the block: an approximation).
   `cache="dual"` also keeps the positions after the block from the block's first step and runs only the
   block. With `threshold` this is Fast-dLLM's recipe. bench.py measures speed and agreement with the exact path.
+  `cache_refresh=k` (a middle ground) refills the cache every k model calls of a block instead of once per
+  block: calls 0, k, 2k, ... run the whole sequence, the others run the cached window. k = 1 is the exact
+  sampler (every call a full forward, token for token); runs/cached_rollouts.py measures it inside RL.
 
 CLI: python sample.py --model GSAI-ML/LLaDA-8B-Instruct --prompt "What is 7 * 8?" --gen-length 128
      python sample.py --model GSAI-ML/LLaDA-8B-Instruct --prompt "..." --cache dual --threshold 0.9   (fast)
@@ -110,9 +113,13 @@ def left_pad(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Te
     return ids.to(device), mask.to(device)
 
 
-def check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache="none"):
+def check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache="none", cache_refresh=None):
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+    if cache_refresh is not None and (cache == "none" or isinstance(cache_refresh, bool)
+                                      or not isinstance(cache_refresh, int) or cache_refresh < 1):
+        raise ValueError(f"cache_refresh must be a positive int used with cache 'prefix' or 'dual', got "
+                         f"{cache_refresh!r} with cache {cache!r}")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must be a non-empty (batch, length) tensor of token ids, got shape {tuple(prompt.shape)}")
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length != 0:
@@ -132,11 +139,16 @@ def check_args(prompt, gen_length, block_length, steps, remasking, temperature, 
 def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = None, steps: int = 128,
              gen_length: int = 128, block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", mask_id: int | None = None, generator=None,
-             threshold: float | None = None, cache: str = "none") -> torch.Tensor:
+             threshold: float | None = None, cache: str = "none", cache_refresh: int | None = None,
+             stats: dict | None = None) -> torch.Tensor:
     """Sample completions. prompt (B, P) left-padded ids, attention_mask (B, P) 1 = real token.
     Returns (B, P + gen_length): the prompt followed by the completion (no MASK left).
-    Fast modes (approximate, off by default): threshold (parallel decoding), cache "prefix" | "dual"."""
-    num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache)
+    Fast modes (approximate, off by default): threshold (parallel decoding), cache "prefix" | "dual", refilled
+    every cache_refresh model calls of a block (None: once per block).
+    stats: a dict to which the cost is added: "calls" (model calls) and "positions" (rows x sequence positions
+    those calls ran: a cached call runs fewer)."""
+    num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache,
+                                             cache_refresh)
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
     L = P + gen_length
@@ -162,6 +174,7 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
         k_dev = torch.tensor(schedule, device=device).T  # ... and on the device: (steps_per_block, B)
         kv = None
         step = 0
+        calls = 0  # model calls in this block: the cache is refilled at calls 0, k, 2k, ... (k = cache_refresh)
         while True:
             if threshold is None:
                 if step == steps_per_block:
@@ -177,14 +190,20 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
                     break
             if cfg_scale > 0:
                 xx[B:, P:] = x[:, P:]  # unconditional rows: the prompt stays MASK, the completion follows x
+            refill = cache != "none" and (calls == 0 or (cache_refresh is not None and calls % cache_refresh == 0))
             if cache == "none":
                 logits = model(xx, am, positions=slice(s, e))  # (B or 2B, bl, V)
-            elif kv is None:  # the block's first step: the whole sequence, filling the cache
+            elif refill:  # the block's first call (or a refresh): the whole sequence, filling a new cache
                 kv = KVCache()
                 logits = model(xx, am, positions=slice(s, e), kv_cache=kv)
                 kv.start = s
             else:
                 logits = model(xx[:, s:end], positions=slice(0, e - s), kv_cache=kv)
+            calls += 1
+            if stats is not None:
+                stats["calls"] = stats.get("calls", 0) + 1
+                stats["positions"] = stats.get("positions", 0) + xx.shape[0] * (
+                    L if cache == "none" or refill else end - s)
             if cfg_scale > 0:
                 cond, uncond = logits.chunk(2)
                 logits = uncond + (cfg_scale + 1) * (cond - uncond)
@@ -236,6 +255,9 @@ def main(argv=None):
                    help="fast mode: commit all positions above this confidence")
     p.add_argument("--cache", default="none", choices=CACHE_MODES,
                    help="fast mode: approximate KV cache refreshed once per block (prefix, or dual = prefix + suffix)")
+    p.add_argument("--cache-refresh", type=positive_int, default=None,
+                   help="with --cache: refill the cache every N model calls of a block (default: once per block; "
+                        "1 = the exact sampler)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (temperature > 0)")
     p.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -249,6 +271,8 @@ def main(argv=None):
                 f"(--gen-length {args.gen_length} / --block-length {args.block_length})")
     if args.model not in (None, "tiny"):
         check_model_arg(p, "--model", args.model)
+    if args.cache_refresh is not None and args.cache == "none":
+        p.error(f"--cache-refresh {args.cache_refresh}: refreshes a cache, pass --cache prefix or dual with it")
     check_paths(p, "--adapter", args.adapter)
     resolve_device(p, args)
 
@@ -274,7 +298,8 @@ def main(argv=None):
     t0 = time.time()
     out = generate(model, ids, mask, steps=steps, gen_length=args.gen_length, block_length=args.block_length,
                    temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                   generator=gen, threshold=args.threshold, cache=args.cache)
+                   generator=gen, threshold=args.threshold, cache=args.cache,
+                   cache_refresh=args.cache_refresh)
     dt = time.time() - t0
     for q, row in zip(args.prompt, out[:, ids.shape[1]:]):
         print(f"### {q}\n{tokenizer.decode(row, skip_special_tokens=True)}\n")
