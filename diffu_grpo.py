@@ -117,9 +117,9 @@ D1_WARMUP_RATIO = 1e-4  # d1: lr_scheduler_type constant_with_warmup, warmup_rat
 # The flags that make up d1's recipe: the run plan lists those whose value differs from d1's (the parser defaults,
 # with the per-task values above).
 RECIPE = ("max_steps", "mu", "num_generations", "prompts_per_step", "gen_length", "block_length", "diffusion_steps",
-          "temperature", "threshold", "cache", "cache_refresh", "max_prompt_length", "p_mask_prompt", "eps", "beta", "scale_rewards",
-          "random_reward", "lr", "warmup_steps", "betas", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha",
-          "lora_targets")
+          "temperature", "threshold", "cache", "cache_refresh", "max_prompt_length", "p_mask_prompt", "eps", "beta",
+          "scale_rewards", "random_reward", "lr", "warmup_steps", "betas", "weight_decay", "max_grad_norm", "lora_r",
+          "lora_alpha", "lora_targets")
 
 # -----------------------------------------------------------------------------
 # The estimator and the loss
@@ -353,15 +353,17 @@ def all_reduce_sums(sums: dict[str, float], device, ddp: bool, world: int) -> di
     return dict(zip(keys, t.tolist()))
 
 
-def round_log(totals: dict[str, float], G: int, gen_length: int, t_gen: float, t_logp: float) -> dict:
+def round_log(totals: dict[str, float], G: int, gen_length: int, t_gen: float, t_logp: float,
+              t_gen_cpu: float) -> dict:
     """Round statistics (logged on the round's first optimizer step) from globally summed numbers. gen_calls,
     gen_positions: the round's sampler model calls and the rows x sequence positions they ran, all ranks together
-    (the rollout's cost in forwards: the cache and threshold modes lower one or both)."""
+    (the rollout's cost in forwards: the cache and threshold modes lower one or both). t_gen_cpu: this process's
+    CPU seconds in the rollout (all its threads), steadier than the wall-clock t_gen on shared cores."""
     n = totals["n"]
     mean = totals["reward"] / n
     log = {"reward": mean, "reward_std": math.sqrt(max(totals["reward_sq"] / n - mean ** 2, 0.0)),
            "zero_std_groups": totals["zero_std_groups"] / (n / G), "completion_len": totals["tokens"] / n,
-           "t_gen": t_gen, "t_logp": t_logp, "gen_tok_s": n * gen_length / max(t_gen, 1e-9),
+           "t_gen": t_gen, "t_gen_cpu": t_gen_cpu, "t_logp": t_logp, "gen_tok_s": n * gen_length / max(t_gen, 1e-9),
            "gen_calls": totals["gen_calls"], "gen_positions": totals["gen_positions"]}
     for key, v in totals.items():  # "task/component" sums -> per-completion means of that task
         if "/" in key and not key.endswith("/count"):
@@ -797,7 +799,7 @@ def run(args):
         r = rounds_done
         first_step = step
         # ---- 1. rollout: this rank's whole prompt groups of round r
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         idx = round_prompts(sizes, r, args.prompts_per_step, args.seed)[rank * prompts_per_rank:
                                                                         (rank + 1) * prompts_per_rank]
         examples = [train[i] for i in idx for _ in range(G)]
@@ -805,7 +807,7 @@ def run(args):
         prompt_ids, prompt_mask = left_pad([encode(ex) for ex in examples], eos_id, device)
         gen_stats = {"calls": 0, "positions": 0}  # sampler model calls and rows x positions they ran
         completion_ids = rollout(raw, prompt_ids, prompt_mask, gidx, r, args, autocast, gen_stats)  # (local_n, gen_len)
-        t_gen = time.time() - t0
+        t_gen, t_gen_cpu = time.time() - t0, time.process_time() - c0
 
         # ---- 2. rewards and advantages (each rank scores its own groups)
         texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
@@ -851,7 +853,7 @@ def run(args):
             line.update(loss=totals[f"{i}/loss"], clip_frac=totals[f"{i}/clip_frac"] / tokens_per_step,
                         ratio=totals[f"{i}/ratio"] / tokens_per_step, kl=totals[f"{i}/kl"] / tokens_per_step)
         lines[0].update(round_log({k: v for k, v in totals.items() if not k[0].isdigit()}, G, args.gen_length,
-                                  t_gen, t_logp))
+                                  t_gen, t_logp, t_gen_cpu))
         done = step == args.max_steps
         crossed = lambda every: every > 0 and step // every > first_step // every  # noqa: E731
         if args.eval_every and (crossed(args.eval_every) or done):
