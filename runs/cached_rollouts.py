@@ -126,19 +126,21 @@ def verdict(results: list[dict], sft: dict[int, float]) -> dict[str, dict]:
 def table(results: list[dict], sft: dict[int, float], seeds: list[int]) -> str:
     v = verdict(results, sft)
     by = lambda mode, key: statistics.fmean(r[key] for r in results if r["mode"] == mode)  # noqa: E731
-    lines = ["| rollouts (block 8) | solved gain over SFT, seeds " + "/".join(map(str, seeds)) + " (points) | mean "
-             "gain | rollout reward, first -> last quarter of the rounds | sampler calls / round | positions / round (vs exact) "
-             "| rollout s / round: wall (CPU) | round s (wall) | keeps the gain? |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| rollouts (block 8) | RL solved, seeds " + "/".join(map(str, seeds)) + " | gain over SFT (mean, "
+             "points) | minus exact's gain, per seed | rollout reward, first -> last quarter of the rounds | sampler "
+             "calls / round | positions / round (vs exact) | rollout s / round: wall (CPU) | round s (wall) | keeps "
+             "the gain? |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for mode in [m for m in MODES if m in v]:
-        runs = [r for r in results if r["mode"] == mode]
-        k = max(1, runs[0]["rounds"] // 4)  # as the demo's table
-        first = statistics.fmean(x for r in runs for x in r["rewards"][:k])
-        last = statistics.fmean(x for r in runs for x in r["rewards"][-k:])
-        per_seed = " / ".join(f"{v[mode]['gains'][s]:+.1f}" for s in seeds)
+        runs = {r["seed"]: r for r in results if r["mode"] == mode}
+        k = max(1, runs[seeds[0]]["rounds"] // 4)  # as the demo's table
+        first = statistics.fmean(x for r in runs.values() for x in r["rewards"][:k])
+        last = statistics.fmean(x for r in runs.values() for x in r["rewards"][-k:])
+        solved = " / ".join(f"{100 * runs[s]['test']['solved']:.1f}" for s in seeds)
+        paired = " / ".join(f"{v[mode]['gains'][s] - v['exact']['gains'][s]:+.1f}" for s in seeds)
         lines.append(
-            f"| {mode} | {per_seed} | {v[mode]['mean']:+.1f} | "
-            f"{first:.3f} -> {last:.3f} | {by(mode, 'gen_calls'):.1f} | {by(mode, 'gen_positions'):,.0f} "
+            f"| {mode} | {solved} | {v[mode]['mean']:+.1f} | {paired} | {first:.3f} -> {last:.3f} | "
+            f"{by(mode, 'gen_calls'):.1f} | {by(mode, 'gen_positions'):,.0f} "
             f"({by(mode, 'gen_positions') / by('exact', 'gen_positions'):.2f}x) | {by(mode, 't_gen'):.2f} "
             f"({by(mode, 't_gen_cpu'):.2f}) | {by(mode, 't_round'):.2f} | {'yes' if v[mode]['keeps'] else 'NO'} |")
     e = v["exact"]
@@ -202,7 +204,7 @@ def main(argv=None):
         check_paths(p, "--demo-dir", args.demo_dir)
     out = Path(args.out_dir)
     sizes = QUICK if args.quick else FULL
-    run_files = (*modes, "quick_demo", "results.json", "cached_rollouts.md", "cached_rollouts.png")
+    run_files = (*MODES, "quick_demo", "results.json", "cached_rollouts.md", "cached_rollouts.png")
     with claim_out_dir(out, overwrite=args.overwrite, run_files=run_files, resumable=False):
         demo_dir = quick_demo_dir(out / "quick_demo", seeds) if args.quick else Path(args.demo_dir)
         machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

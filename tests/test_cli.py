@@ -30,6 +30,7 @@ from model import claim_out_dir, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runs"))
+import cached_rollouts  # noqa: E402
 import sudoku_demo  # noqa: E402
 
 
@@ -85,6 +86,10 @@ def refused(fn, argv, capsys) -> str:
     (bench.parse_args, ["grpo-step", "--gen-length", "30"], "--gen-length 30 must be a multiple of --block-length 16"),
     (sudoku_demo.main, ["--seeds", "0,x"], "--seeds 0,x: each seed expected an integer, got 'x'"),
     (sudoku_demo.main, ["--error-rate", "2"], "argument --error-rate: must be >= 0.0 and <= 1.0, got 2"),
+    (cached_rollouts.main, ["--modes", "dual,prefix"], "--modes dual,prefix: modes from exact, prefix"),
+    (cached_rollouts.main, ["--modes", "exact,full"], "exact among them (the baseline)"),
+    (cached_rollouts.main, ["--seeds", "-1"], "--seeds -1: each seed must be >= 0"),
+    (cached_rollouts.main, ["--demo-dir", "out/no/such/demo"], "--demo-dir out/no/such/demo: no such"),
 ])
 def test_bad_arguments_are_one_line_errors(fn, argv, says, capsys):
     assert says in refused(fn, argv, capsys)
@@ -157,7 +162,8 @@ def parser_of(main, argv, monkeypatch) -> argparse.ArgumentParser:
 def all_parsers(monkeypatch) -> dict[str, argparse.ArgumentParser]:
     out = {"sft.py": sft.build_parser(), "diffu_grpo.py": diffu_grpo.build_parser()}
     for name, main in [("eval.py", ev.main), ("sample.py", sample.main), ("plot.py", plot.main),
-                       ("runs/sudoku_demo.py", sudoku_demo.main), ("bench.py", bench.parse_args)]:
+                       ("runs/sudoku_demo.py", sudoku_demo.main), ("runs/cached_rollouts.py", cached_rollouts.main),
+                       ("bench.py", bench.parse_args)]:
         out[name] = parser_of(main, [], monkeypatch)
     sub = next(a for a in out["bench.py"]._actions if isinstance(a, argparse._SubParsersAction))
     out.update({f"bench.py {k}": v for k, v in sub.choices.items()})
