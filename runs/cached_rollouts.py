@@ -20,7 +20,8 @@ Reported per mode and seed: the held-out solved-rate gain over the SFT model, th
 per round (rollout wall and CPU time, whole round wall time) and the sampler's model calls and positions per
 round (rows x sequence positions the calls ran: what a cache saves). Written to --out-dir: results.json,
 cached_rollouts.md (the table and the verdict), cached_rollouts.png (rollout reward, validation accuracy and
-rollout CPU seconds per round, means over the seeds; needs matplotlib, skipped with one line without it), one diffu_grpo run folder per mode and seed.
+rollout CPU seconds per round, means over the seeds; needs matplotlib, skipped with one line without it), one
+diffu_grpo run folder per mode and seed.
 
 The verdict rule, fixed before the runs (issue 16): the default for RL stays exact unless a cached mode keeps
 the held-out gain within the seed noise of exact. Noise = the larger of the sample standard deviation of the
@@ -53,8 +54,9 @@ import data  # noqa: E402
 import diffu_grpo  # noqa: E402
 import plot  # noqa: E402
 import sudoku_demo  # noqa: E402
-from model import (COMPACT_CHAT_TEMPLATE, ArgumentParser, LLaDA, bounded, check_out_dir, check_paths,  # noqa: E402
-                   claim_out_dir, make_char_tokenizer, preset_config, run_cli)
+from cli import ArgumentParser, bounded, check_out_dir, check_paths, run_cli  # noqa: E402
+from model import COMPACT_CHAT_TEMPLATE, LLaDA, make_char_tokenizer, preset_config  # noqa: E402
+from train_utils import claim_out_dir  # noqa: E402
 
 # Rollout mode -> diffu_grpo flags (appended last: argparse keeps the last value of a repeated flag).
 BLOCK = ["--block-length", "8"]  # every mode, exact included: 3 blocks of 8 (rl_args' GEN sets one block of 24)
