@@ -120,9 +120,9 @@ D1_WARMUP_RATIO = 1e-4  # d1: lr_scheduler_type constant_with_warmup, warmup_rat
 # The flags that make up d1's recipe: the run plan lists those whose value differs from d1's (the parser defaults,
 # with the per-task values above).
 RECIPE = ("max_steps", "mu", "num_generations", "prompts_per_step", "gen_length", "block_length", "diffusion_steps",
-          "temperature", "threshold", "cache", "max_prompt_length", "p_mask_prompt", "eps", "beta", "scale_rewards",
-          "random_reward", "lr", "warmup_steps", "betas", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha",
-          "lora_targets")
+          "temperature", "threshold", "cache", "cache_refresh", "max_prompt_length", "p_mask_prompt", "eps", "beta",
+          "scale_rewards", "random_reward", "lr", "warmup_steps", "betas", "weight_decay", "max_grad_norm", "lora_r",
+          "lora_alpha", "lora_targets")
 
 # -----------------------------------------------------------------------------
 # The estimator and the loss
@@ -248,9 +248,11 @@ class Round:
     mask_seeds: list[int]         # mu seeds, one per inner step, drawn once and stored with the rollout
 
 
-def rollout(model, prompt_ids, prompt_mask, gidx: list[int], rnd: int, args, autocast) -> torch.Tensor:
+def rollout(model, prompt_ids, prompt_mask, gidx: list[int], rnd: int, args, autocast,
+            stats: dict | None = None) -> torch.Tensor:
     """The completions (N, gen_length) of this rank's rows, sampled in batches of --gen-batch-size. The noise of
-    row i is keyed on (seed, round, gidx[i]): a completion does not depend on its batch-mates or the rank."""
+    row i is keyed on (seed, round, gidx[i]): a completion does not depend on its batch-mates or the rank.
+    stats: the sampler's model calls and positions are added to it (sample.generate)."""
     model.eval()
     out = []
     for r in range(0, len(gidx), args.gen_batch_size):
@@ -259,7 +261,8 @@ def rollout(model, prompt_ids, prompt_mask, gidx: list[int], rnd: int, args, aut
             x = generate(model, prompt_ids[rows], prompt_mask[rows], steps=args.diffusion_steps,
                          gen_length=args.gen_length, block_length=args.block_length, temperature=args.temperature,
                          generator=[example_generator(args.seed, 1, rnd, g) for g in gidx[rows]],
-                         threshold=args.threshold, cache=args.cache)  # (b, P + gen_length)
+                         threshold=args.threshold, cache=args.cache, cache_refresh=args.cache_refresh,
+                         stats=stats)  # (b, P + gen_length)
         out.append(x[:, prompt_ids.shape[1]:])
     return torch.cat(out)
 
@@ -340,13 +343,18 @@ def update(policy, optimizer, params, rnd: Round, k: int, old, ref, args, autoca
     return {**sums, "grad_norm": float(grad_norm)}
 
 
-def round_log(totals: dict[str, float], G: int, gen_length: int, t_gen: float, t_logp: float) -> dict:
-    """Round statistics (logged on the round's first optimizer step) from globally summed numbers."""
+def round_log(totals: dict[str, float], G: int, gen_length: int, t_gen: float, t_logp: float,
+              t_gen_cpu: float) -> dict:
+    """Round statistics (logged on the round's first optimizer step) from globally summed numbers. gen_calls,
+    gen_positions: the round's sampler model calls and the rows x sequence positions they ran, all ranks together
+    (the rollout's cost in forwards: the cache and threshold modes lower one or both). t_gen_cpu: this process's
+    CPU seconds in the rollout (all its threads), steadier than the wall-clock t_gen on shared cores."""
     n = totals["n"]
     mean = totals["reward"] / n
     log = {"reward": mean, "reward_std": math.sqrt(max(totals["reward_sq"] / n - mean ** 2, 0.0)),
            "zero_std_groups": totals["zero_std_groups"] / (n / G), "completion_len": totals["tokens"] / n,
-           "t_gen": t_gen, "t_logp": t_logp, "gen_tok_s": n * gen_length / max(t_gen, 1e-9)}
+           "t_gen": t_gen, "t_gen_cpu": t_gen_cpu, "t_logp": t_logp, "gen_tok_s": n * gen_length / max(t_gen, 1e-9),
+           "gen_calls": totals["gen_calls"], "gen_positions": totals["gen_positions"]}
     for key, v in totals.items():  # "task/component" sums -> per-completion means of that task
         if "/" in key and not key.endswith("/count"):
             log[f"reward/{key}"] = v / max(1.0, totals[key.split("/")[0] + "/count"])
@@ -506,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="opt-in fast parallel decoding for rollouts: commit every token above this confidence")
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
                    help="opt-in approximate KV cache for rollouts (Fast-dLLM); changes the samples")
+    p.add_argument("--cache-refresh", type=positive_int, default=None,
+                   help="with --cache: refill the rollout cache every N sampler calls of a block (default: once per "
+                        "block; 1 = the exact sampler's rollouts)")
     # objective
     p.add_argument("--mu", type=positive_int, default=None,
                    help="inner iterations = optimizer steps per rollout round (default: d1's per task, 12 or 8)")
@@ -605,6 +616,9 @@ def parse_args(argv=None):
     if args.diffusion_steps % blocks:
         p.error(f"--diffusion-steps {args.diffusion_steps}: must be a multiple of the {blocks} blocks "
                 f"(--gen-length {args.gen_length} / --block-length {args.block_length})")
+    if args.cache_refresh is not None and args.cache == "none":
+        p.error(f"--cache-refresh {args.cache_refresh}: refreshes the rollout cache, pass --cache prefix or dual "
+                "with it")
     if args.fsdp and (args.lora_r > 0 or ("RANK" not in os.environ and args.dry_run is None)):
         p.error("--fsdp shards full fine-tuning: use it with --lora-r 0, under torchrun (LoRA runs on DDP)")
     if args.fsdp and args.threshold is not None:
@@ -686,11 +700,12 @@ def run(args):
     while step < args.max_steps:
         first_step, r = step, rounds_done
         # 1. rollout: G completions for each of this rank's prompts of round r
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         examples, gidx, prompt_ids, prompt_mask = round_batch(train, sizes, r, tokenizer, eos_id, args, rank, world,
                                                               device)
-        completion_ids = rollout(raw, prompt_ids, prompt_mask, gidx, r, args, autocast)  # (N, gen_length)
-        t_gen = time.time() - t0
+        gen_stats = {"calls": 0, "positions": 0}  # the sampler's model calls and the rows x positions they ran
+        completion_ids = rollout(raw, prompt_ids, prompt_mask, gidx, r, args, autocast, gen_stats)  # (N, gen_length)
+        t_gen, t_gen_cpu = time.time() - t0, time.process_time() - c0
         # 2. rewards, advantages and the round's mu mask seeds
         rnd, comp_sums = score_round(r, examples, gidx, prompt_ids, prompt_mask, completion_ids, tokenizer, eos_id,
                                      args, device, ddp)
@@ -707,7 +722,7 @@ def run(args):
             lines.append({"step": step, "round": r + 1, "inner": k, "lr": lr, **st, "t_step": time.time() - t0})
             bar.update(1)
         rounds_done += 1
-        lines = log_lines(lines, rnd, comp_sums, args, t_gen, t_logp, device, ddp, world)
+        lines = log_lines(lines, rnd, comp_sums, gen_stats, args, t_gen, t_gen_cpu, t_logp, device, ddp, world)
         done = step == args.max_steps
         crossed = lambda every: every > 0 and step // every > first_step // every  # noqa: E731
         if args.eval_every and (crossed(args.eval_every) or done):
@@ -824,14 +839,16 @@ def score_round(r: int, examples, gidx, prompt_ids, prompt_mask, completion_ids,
                  mask_seeds), comp_sums
 
 
-def log_lines(lines: list[dict], rnd: Round, comp_sums: dict, args, t_gen: float, t_logp: float, device,
-              ddp: bool, world: int) -> list[dict]:
+def log_lines(lines: list[dict], rnd: Round, comp_sums: dict, gen_stats: dict, args, t_gen: float, t_gen_cpu: float,
+              t_logp: float, device, ddp: bool, world: int) -> list[dict]:
     """The round's metrics lines, one per optimizer step: the loss statistics summed over ranks and divided by the
-    global token count; the round statistics (rewards, lengths, times) on the round's first step."""
+    global token count; the round statistics (rewards, lengths, the sampler's calls and positions, times) on the
+    round's first step."""
     G = args.num_generations
     groups = rnd.rewards.view(-1, G)
     sums = {"reward": float(rnd.rewards.sum()), "reward_sq": float((rnd.rewards ** 2).sum()),
             "n": float(len(rnd.gidx)), "tokens": float(rnd.cmask.sum()), **comp_sums,
+            "gen_calls": float(gen_stats["calls"]), "gen_positions": float(gen_stats["positions"]),
             "zero_std_groups": float((groups.std(1) == 0).sum()) if G > 1 else float(len(groups))}
     for i, line in enumerate(lines):  # per-step token sums of the loss statistics
         sums.update({f"{i}/{key}": line[key] for key in ("loss", "clip_frac", "ratio", "kl")})
@@ -840,7 +857,7 @@ def log_lines(lines: list[dict], rnd: Round, comp_sums: dict, args, t_gen: float
         line.update(loss=totals[f"{i}/loss"], clip_frac=totals[f"{i}/clip_frac"] / rnd.normalizer,
                     ratio=totals[f"{i}/ratio"] / rnd.normalizer, kl=totals[f"{i}/kl"] / rnd.normalizer)
     lines[0].update(round_log({k: v for k, v in totals.items() if not k[0].isdigit()}, G, args.gen_length, t_gen,
-                              t_logp))
+                              t_logp, t_gen_cpu))
     return lines
 
 

@@ -38,7 +38,10 @@ TITLES = {
     "seq_len": ("Padded sequence length", "tokens"),
     "tok_per_s": ("Training throughput", "tokens per second"),
     "gen_tok_s": ("Rollout generation throughput", "tokens per second"),
+    "gen_calls": ("Rollout sampler model calls", "calls per round"),
+    "gen_positions": ("Rollout sampler work", "rows x positions run per round"),
     "t_gen": ("Rollout generation time", "seconds per step"),
+    "t_gen_cpu": ("Rollout generation CPU time", "CPU seconds per round"),
     "t_logp": ("Old/reference log-prob time", "seconds per step"),
     "t_train": ("Policy update time", "seconds per step"),
 }

@@ -53,6 +53,9 @@ Opt-in fast modes (Fast-dLLM's; both change outputs, both OFF by default):
   the stored keys/values of the prompt and finished blocks (stale within the block: an approximation).
   `cache="dual"` also keeps the positions after the block from the block's first step and runs only the
   block. With `threshold` this is Fast-dLLM's recipe. bench.py measures speed and agreement with the exact path.
+  `cache_refresh=k` (a middle ground) refills the cache every k model calls of a block instead of once per
+  block: calls 0, k, 2k, ... run the whole sequence, the others run the cached window. k = 1 is the exact
+  sampler (every call a full forward, token for token); runs/cached_rollouts.py measures it inside RL.
 
 CLI: python sample.py --model GSAI-ML/LLaDA-8B-Instruct --prompt "What is 7 * 8?" --gen-length 128
      python sample.py --model GSAI-ML/LLaDA-8B-Instruct --prompt "..." --cache dual --threshold 0.9   (fast)
@@ -190,9 +193,13 @@ def left_pad(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Te
 
 
 def check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache="none", threshold=None,
-               threshold_rule="fixed-floor"):
+               threshold_rule="fixed-floor", cache_refresh=None):
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+    if cache_refresh is not None and (cache == "none" or isinstance(cache_refresh, bool)
+                                      or not isinstance(cache_refresh, int) or cache_refresh < 1):
+        raise ValueError(f"cache_refresh must be a positive int used with cache 'prefix' or 'dual', got "
+                         f"{cache_refresh!r} with cache {cache!r}")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must be a non-empty (batch, length) tensor of token ids, got shape {tuple(prompt.shape)}")
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length != 0:
@@ -216,14 +223,17 @@ def check_args(prompt, gen_length, block_length, steps, remasking, temperature, 
 def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = None, steps: int = 128,
              gen_length: int = 128, block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", mask_id: int | None = None, generator=None,
-             threshold: float | None = None, cache: str = "none", threshold_rule: str = "fixed-floor") -> torch.Tensor:
+             threshold: float | None = None, cache: str = "none", threshold_rule: str = "fixed-floor",
+             cache_refresh: int | None = None, stats: dict | None = None) -> torch.Tensor:
     """Sample completions. prompt (B, P) left-padded ids, attention_mask (B, P) 1 = real token.
     Returns (B, P + gen_length): the prompt followed by the completion (no MASK left, unless the model proposes
     the [MASK] token itself: committing it leaves the position masked, as in the reference).
     Fast modes (approximate, off by default): threshold (parallel decoding, see threshold_rule), cache "prefix" |
-    "dual"."""
+    "dual", refilled every cache_refresh model calls of a block (None: once per block).
+    stats: a dict to which the cost is added: "calls" (model calls) and "positions" (rows x sequence positions
+    those calls ran: a cached call runs fewer)."""
     num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache,
-                                             threshold, threshold_rule)
+                                             threshold, threshold_rule, cache_refresh)
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
     L = P + gen_length
@@ -252,6 +262,7 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
         schedule = num_transfer_tokens(counts, steps_per_block)  # (B, steps_per_block) on the host ...
         k_dev = torch.tensor(schedule, device=device).T  # ... and on the device: (steps_per_block, B)
         kv = None
+        calls = 0  # model calls in this block: the cache is refilled at calls 0, k, 2k, ... (k = cache_refresh)
         for step in range(max_steps):
             if threshold is None and max(row[step] for row in schedule) == 0:
                 continue  # the schedule commits nothing in any row: the step cannot change the state
@@ -265,14 +276,20 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
                 break
             if cfg_scale > 0:
                 xx[B:, P:] = x[:, P:]  # unconditional rows: the prompt stays MASK, the completion follows x
+            refill = cache != "none" and (calls == 0 or (cache_refresh is not None and calls % cache_refresh == 0))
             if cache == "none":
                 h = model(xx, am, positions=slice(s, e), return_hidden=True, rope=rope)  # (B or 2B, bl, D)
-            elif kv is None:  # the block's first step: the whole sequence, filling the cache
+            elif refill:  # the block's first call (or a refresh): the whole sequence, filling a new cache
                 kv = KVCache()
                 h = model(xx, am, positions=slice(s, e), return_hidden=True, kv_cache=kv, rope=rope)
                 kv.start = s
             else:
                 h = model(xx[:, s:end], positions=slice(0, e - s), return_hidden=True, kv_cache=kv)
+            calls += 1
+            if stats is not None:
+                stats["calls"] = stats.get("calls", 0) + 1
+                stats["positions"] = stats.get("positions", 0) + xx.shape[0] * (
+                    L if cache == "none" or refill else end - s)
             # The head runs on the whole block, not only on the masked rows: a matmul's bits can depend on its row
             # count (BLAS picks kernels by shape), and a row's logits must not depend on what else is masked in the
             # batch (batched == one at a time).
@@ -324,6 +341,9 @@ def main(argv=None):
                         "model calls than the schedule); any = every position above it, at least one (Fast-dLLM)")
     p.add_argument("--cache", default="none", choices=CACHE_MODES,
                    help="fast mode: approximate KV cache refreshed once per block (prefix, or dual = prefix + suffix)")
+    p.add_argument("--cache-refresh", type=positive_int, default=None,
+                   help="with --cache: refill the cache every N model calls of a block (default: once per block; "
+                        "1 = the exact sampler)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (temperature > 0)")
     p.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -337,6 +357,8 @@ def main(argv=None):
                 f"(--gen-length {args.gen_length} / --block-length {args.block_length})")
     if args.model not in (None, "tiny"):
         check_model_arg(p, "--model", args.model)
+    if args.cache_refresh is not None and args.cache == "none":
+        p.error(f"--cache-refresh {args.cache_refresh}: refreshes a cache, pass --cache prefix or dual with it")
     check_paths(p, "--adapter", args.adapter)
     resolve_device(p, args)
 
@@ -363,7 +385,7 @@ def main(argv=None):
     out = generate(model, ids, mask, steps=steps, gen_length=args.gen_length, block_length=args.block_length,
                    temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
                    generator=gen, threshold=args.threshold, cache=args.cache,
-                   threshold_rule=args.threshold_rule)
+                   threshold_rule=args.threshold_rule, cache_refresh=args.cache_refresh)
     dt = time.time() - t0
     for q, row in zip(args.prompt, out[:, ids.shape[1]:]):
         print(f"### {q}\n{tokenizer.decode(row, skip_special_tokens=True)}\n")

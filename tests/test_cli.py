@@ -32,6 +32,7 @@ from train_utils import claim_out_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runs"))
+import cached_rollouts  # noqa: E402
 import sudoku_demo  # noqa: E402
 
 
@@ -65,6 +66,8 @@ def refused(fn, argv, capsys) -> str:
     (diffu_grpo.parse_args, ["--init", "out/no/such/sft"], "--init out/no/such/sft: no such folder"),
     (diffu_grpo.parse_args, ["--countdown-test-path", "x.jsonl"], "used only with --task countdown"),
     (diffu_grpo.parse_args, ["--resume", "auto", "--overwrite"], "pass one of them"),
+    (diffu_grpo.parse_args, ["--cache-refresh", "0", "--cache", "dual"], "argument --cache-refresh: must be >= 1"),
+    (diffu_grpo.parse_args, ["--cache-refresh", "2"], "--cache-refresh 2: refreshes the rollout cache, pass --cache"),
     (sft.parse_args, ["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
     (sft.parse_args, ["--batch-size", "-2"], "argument --batch-size: must be >= 1, got -2"),
     (sft.parse_args, ["--val-frac", "1"], "argument --val-frac: must be >= 0.0 and < 1.0, got 1"),
@@ -75,6 +78,7 @@ def refused(fn, argv, capsys) -> str:
     (sample.main, ["--prompt", "x", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
     (sample.main, ["--prompt", "x", "--gen-length", "48"], "--gen-length 48: must be a multiple of --block-length 32"),
     (sample.main, ["--prompt", "x", "--gen-length", "64", "--steps", "3"], "--steps 3: must be a positive multiple"),
+    (sample.main, ["--prompt", "x", "--cache-refresh", "1"], "--cache-refresh 1: refreshes a cache, pass --cache"),
     (ev.main, ["--steps", "0"], "argument --steps: must be >= 1, got 0"),
     (ev.main, ["--limit", "0"], "argument --limit: must be >= 1, got 0"),
     (ev.main, ["--gen-length", "24", "--block-length", "8", "--steps", "4"], "--steps 4: the 4 denoising steps"),
@@ -84,6 +88,10 @@ def refused(fn, argv, capsys) -> str:
     (bench.parse_args, ["grpo-step", "--gen-length", "30"], "--gen-length 30 must be a multiple of --block-length 16"),
     (sudoku_demo.main, ["--seeds", "0,x"], "--seeds 0,x: each seed expected an integer, got 'x'"),
     (sudoku_demo.main, ["--error-rate", "2"], "argument --error-rate: must be >= 0.0 and <= 1.0, got 2"),
+    (cached_rollouts.main, ["--modes", "dual,prefix"], "--modes dual,prefix: modes from exact, prefix"),
+    (cached_rollouts.main, ["--modes", "exact,full"], "exact among them (the baseline)"),
+    (cached_rollouts.main, ["--seeds", "-1"], "--seeds -1: each seed must be >= 0"),
+    (cached_rollouts.main, ["--demo-dir", "out/no/such/demo"], "--demo-dir out/no/such/demo: no such"),
 ])
 def test_bad_arguments_are_one_line_errors(fn, argv, says, capsys):
     assert says in refused(fn, argv, capsys)
@@ -156,7 +164,8 @@ def parser_of(main, argv, monkeypatch) -> argparse.ArgumentParser:
 def all_parsers(monkeypatch) -> dict[str, argparse.ArgumentParser]:
     out = {"sft.py": sft.build_parser(), "diffu_grpo.py": diffu_grpo.build_parser()}
     for name, main in [("eval.py", ev.main), ("sample.py", sample.main), ("plot.py", plot.main),
-                       ("runs/sudoku_demo.py", sudoku_demo.main), ("bench.py", bench.parse_args)]:
+                       ("runs/sudoku_demo.py", sudoku_demo.main), ("runs/cached_rollouts.py", cached_rollouts.main),
+                       ("bench.py", bench.parse_args)]:
         out[name] = parser_of(main, [], monkeypatch)
     sub = next(a for a in out["bench.py"]._actions if isinstance(a, argparse._SubParsersAction))
     out.update({f"bench.py {k}": v for k, v in sub.choices.items()})

@@ -189,3 +189,55 @@ def test_bench_sampler_runs(tmp_path):
         assert lines[0].startswith("| mode |") and [line.split(" | ")[0][2:] for line in lines[2:]] == list(modes)
         exact = next(line for line in lines if line.startswith("| exact |"))
         assert "| 100.0 |" in exact  # the exact sampler agrees with itself
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("threshold", [None, 0.4])
+def test_cache_refresh_every_call_is_the_exact_sampler(tokenizer, cache, threshold):
+    """cache_refresh=1 refills the cache at every call: each call is the full forward, so the tokens are the exact
+    sampler's (greedy, sampled, CFG), on a 2-layer model where a cache kept for the block does change them."""
+    model = peaky(tokenizer)
+    ids, mask = prompts(tokenizer, ["sort 3 1 2", "z"])
+    kw = dict(steps=12, gen_length=24, block_length=8, threshold=threshold)
+    differs = False
+    for extra in [dict(), dict(temperature=1.0), dict(cfg_scale=1.0)]:
+        gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+        exact = generate(model, ids, mask, generator=gens(), **kw, **extra)
+        refreshed = generate(model, ids, mask, generator=gens(), cache=cache, cache_refresh=1, **kw, **extra)
+        assert torch.equal(refreshed, exact), extra
+        differs |= not torch.equal(generate(model, ids, mask, generator=gens(), cache=cache, **kw, **extra), exact)
+    assert differs  # the test can see a stale cache
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("refresh", [None, 2, 3])
+def test_cache_refresh_windows_and_stats(tokenizer, cache, refresh):
+    """The calls a block makes: a full forward at calls 0, k, 2k, ... of the block, the cached window otherwise;
+    stats counts the calls and the rows x positions they ran."""
+    model = peaky(tokenizer)
+    rec = Recorder(model)
+    ids, mask = prompts(tokenizer, ["sort 3 1 2", "hello"])
+    B, P, G, bl, steps = 2, ids.shape[1], 16, 8, 8  # 2 blocks of 4 calls
+    stats = {}
+    generate(rec, ids, mask, steps=steps, gen_length=G, block_length=bl, temperature=1.0,
+             generator=torch.Generator().manual_seed(0), cache=cache, cache_refresh=refresh, stats=stats)
+    expected, positions = [], 0
+    for b in range(2):
+        s = P + b * bl
+        for c in range(4):
+            full = c == 0 or (refresh is not None and c % refresh == 0)
+            expected.append((0, P + G) if full else (s, P + G - s if cache == "prefix" else bl))
+            positions += B * expected[-1][1]
+    assert rec.windows == expected
+    assert stats == {"calls": 8, "positions": positions}
+    exact_stats = {}
+    generate(model, ids, mask, steps=steps, gen_length=G, block_length=bl, stats=exact_stats)
+    assert exact_stats == {"calls": 8, "positions": 8 * B * (P + G)}
+
+
+def test_bad_cache_refresh_argument(tiny_model, tokenizer):
+    ids, _ = prompts(tokenizer, ["a"])
+    kw = dict(steps=4, gen_length=8, block_length=4)
+    for cache, refresh in [("none", 2), ("dual", 0), ("prefix", 1.5), ("dual", True)]:
+        with pytest.raises(ValueError, match="cache_refresh must be a positive int"):
+            generate(tiny_model, ids, cache=cache, cache_refresh=refresh, **kw)

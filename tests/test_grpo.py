@@ -196,6 +196,25 @@ def test_steps_count_optimizer_steps(sudoku_csv, tmp_path, monkeypatch):
     assert [p.name for p in sorted(tmp_path.glob("step-*"))] == ["step-000006"]
 
 
+def test_rollout_cache_flags_reach_the_sampler_and_its_cost_is_logged(sudoku_csv, tmp_path):
+    """--cache dual --cache-refresh 1 rolls out exactly the exact sampler's completions; gen_calls and
+    gen_positions log the sampler's cost per round: 8 completions, 2 blocks x 4 calls, full forwards of the
+    (8, L) batch, or with a refresh every 2 calls 2 full and 2 block-only (8 x 8 positions) calls per block."""
+    import diffu_grpo
+    runs = {}
+    for name, extra in [("exact", []), ("refresh1", ["--cache", "dual", "--cache-refresh", "1"]),
+                        ("refresh2", ["--cache", "dual", "--cache-refresh", "2"])]:
+        diffu_grpo.main(grpo_args(sudoku_csv, tmp_path / name, "--max-steps", "1", "--mu", "1", *extra))
+        runs[name] = metrics(tmp_path / name)[0]
+    exact, refresh1, refresh2 = runs["exact"], runs["refresh1"], runs["refresh2"]
+    assert exact["gen_calls"] == refresh1["gen_calls"] == refresh2["gen_calls"] == 8
+    L = exact["gen_positions"] / (8 * 8)  # prompt + completion length of the rollout batch
+    assert L == int(L) and L > 16
+    assert refresh2["gen_positions"] == 2 * 8 * (2 * L + 2 * 8)
+    for key in ("reward", "reward_std", "completion_len", "gen_positions", "loss"):
+        assert refresh1[key] == exact[key], key
+
+
 def test_dry_run_prints_d1s_plan_without_loading(capsys, monkeypatch):
     import diffu_grpo
     monkeypatch.setattr(diffu_grpo, "build_model", lambda *a, **k: pytest.fail("--dry-run loaded the model"))
