@@ -38,7 +38,7 @@ weights directly on the GPU (no download, no tokenizer) and measures, at d1's pe
   0 device: properties and the TFLOP/s of an 8192^3 bf16 matmul (the ceiling for everything below);
   1 memory: peak memory of the weights, a rollout (exact and dual cache), the estimator's forward+backward +
     AdamW step with and without activation checkpointing, an SFT step at 4096 tokens; each beside
-    model.memory_budget's computed prediction;
+    train_utils.memory_budget's computed prediction;
   2 sampler: tokens/s, model calls and MFU of the exact, prefix-cache, dual-cache and threshold-0.9 modes;
   3 grpo: one diffu-GRPO round (rollout, old/ref log-probs, 12 updates; grpo_round, as in grpo-step) and d1's
     GSM8K run projected from it (642 rounds on 8 GPUs) beside its arithmetic limit at the measured matmul rate;
@@ -50,6 +50,10 @@ Each section runs in a time box (its SECTION_SHARE of the time left when it star
 a section is stopped between model calls when it runs past it, a section that raises is recorded with its error,
 and the others run either way. gpu-report.json and gpu-report.md (tables ready to paste) are rewritten after each
 section, so a run cut short still leaves what it measured. Exit status 1 when a section is not ok.
+
+Longer than ~650 lines, on purpose: independent benchmarks, one section per subcommand (sampler, grpo-step, sft,
+head, gpu-report), each readable on its own; they share the measuring helpers at the top and the model-building
+code, which splitting into several files would duplicate or scatter.
 """
 from __future__ import annotations
 
@@ -71,9 +75,11 @@ from pathlib import Path
 import torch
 
 from diffu_grpo import TASK_MU, TASK_STEPS, completion_logprobs, completion_mask, group_advantages
-from model import (ArgumentParser, LLaDA, LoRALinear, apply_lora, bounded, example_generator, load_adapter,
-                   load_tokenizer, make_char_tokenizer, memory_budget, nonneg_float, nonneg_int, param_count,
-                   positive_float, positive_int, preset_config, probability, resolve_device, run_cli)
+from cli import (ArgumentParser, bounded, nonneg_float, nonneg_int, positive_float, positive_int, probability,
+                 resolve_device, run_cli)
+from model import (LLaDA, LoRALinear, apply_lora, example_generator, load_adapter, load_tokenizer, make_char_tokenizer,
+                   param_count, preset_config)
+from train_utils import memory_budget
 from sample import generate, left_pad
 from tests.reference_sampler import reference_generate  # the literal one-prompt oracle of the tests
 
@@ -743,16 +749,16 @@ def section_device(rep: Report, rec: dict):
 
 
 def section_memory(rep: Report, rec: dict):
-    """Peak memory of the run's pieces on one device, each beside model.memory_budget's prediction for it."""
+    """Peak memory of the run's pieces on one device, each beside train_utils.memory_budget's prediction for it."""
     model = rep.need_model()
     cfg, S, seed, cb = model.config, rep.shape, rep.args.seed, rep.dtype.itemsize
     r, mb = S["lora_r"], S["micro_batch"]
     rows = add_table(rec, "measured: torch.cuda.memory_allocated for the weights rows, else "
                      "torch.cuda.max_memory_allocated (the peak of all live tensors, weights included, since the "
                      "measurement started; PyTorch's caching allocator reserves somewhat more); budget: "
-                     "model.memory_budget for one GPU (computed)" if rep.cuda else
+                     "train_utils.memory_budget for one GPU (computed)" if rep.cuda else
                      "CPU: 'measured' is the process's peak RSS so far (monotone: it includes everything before); "
-                     "budget: model.memory_budget (computed)",
+                     "budget: train_utils.memory_budget (computed)",
                      ["what", "measured", "budget (computed)", "measured / budget", "seconds"])
 
     def add(what, measured, budget, seconds, summary: str | None = None):
@@ -1121,7 +1127,7 @@ def report_markdown(data: dict) -> str:
            + (f", CUDA {m['cuda']}" if m["cuda"] else "") + f"; commit {m['commit'] or 'unknown'}; "
            f"{m.get('seconds', '?')} s of a {m['budget_s']:.0f} s budget.", "",
            "Every figure below was measured by this run on this device, except what is marked computed "
-           "(model.memory_budget and param_count, the model FLOP counts of bench.forward_flops, the projection's "
+           "(train_utils.memory_budget and param_count, the model FLOP counts of bench.forward_flops, the projection's "
            "arithmetic).", "", "## Summary" + (" (CPU)" if cpu else ""), ""]
     summary = [row for rec in data["sections"].values() for row in rec["summary"]]
     failed = [f"{name}: {rec['status']}" for name, rec in data["sections"].items() if rec["status"] != "ok"]

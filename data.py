@@ -31,6 +31,9 @@ Deliberate differences from d1:
 - KodCode train/val: items whose test module sandbox.py cannot run as written are dropped and counted (it calls the
   top-level `def test_*()` functions without arguments: parametrized/fixture tests would fail every solution, and
   test classes would never run, passing every program). See `sandbox_gradable`.
+
+Longer than ~650 lines, on purpose: seven tasks' prompts, row parsers and sources, the file formats users have,
+and two generators; each task's pieces are short and adjacent, and a second data file would split them.
 """
 from __future__ import annotations
 

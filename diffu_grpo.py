@@ -53,12 +53,12 @@ formula lr * step / warmup, so d1's first optimizer step had lr 0: AdamW's momen
 Full fine-tuning (--lora-r 0): fp32 master weights, gradients and AdamW state (~16 bytes/parameter, 128 GB at 8B)
 plus, with beta > 0, a frozen bf16 copy as the KL reference (2 bytes/parameter; --beta 0 drops it and the
 reference pass). Plain DDP replicates all of it on every GPU; --fsdp shards policy and reference over the ranks
-(FSDP2, model.shard_fsdp) and writes sharded checkpoints (torch.distributed.checkpoint; --export converts one to
+(FSDP2, train_utils.shard_fsdp) and writes sharded checkpoints (torch.distributed.checkpoint; --export converts one to
 an HF-layout model, --merge writes one at the end). --fsdp is explicit, never automatic; LoRA stays on DDP. The
 sampler and the log-prob estimator run on the sharded model as they are (each sharded unit all-gathers itself
-when called). Start-up prints the per-GPU memory budget (model.memory_budget, computed) and refuses to start when
+when called). Start-up prints the per-GPU memory budget (train_utils.memory_budget, computed) and refuses to start when
 it exceeds the GPU's memory. Flags are checked before anything loads; a used --out-dir is refused unless
---resume auto (continue) or --overwrite (start over), see model.claim_out_dir.
+--resume auto (continue) or --overwrite (start over), see train_utils.claim_out_dir.
 
 Commands:
   CPU smoke test:  python diffu_grpo.py --init tiny --task sudoku --train-path puzzles.csv --style compact \\
@@ -74,6 +74,10 @@ Commands:
                    torchrun --nnodes 2 --nproc_per_node 8 --node-rank $NODE_RANK --rdzv-backend c10d \\
                        --rdzv-endpoint $HOST:29500 diffu_grpo.py --task gsm8k --init out/sft-s1k-full/merged \\
                        --lora-r 0 --fsdp --grad-checkpointing --merge --out-dir /shared/out/grpo-full
+
+Longer than ~650 lines, on purpose: the algorithm (estimator, loss, one round's named steps) reads top to bottom
+in ~450 lines; the rest is the run plan and the flat argparse block, which stay here so that `--help`, the plan
+and the code that uses each flag sit in one file. Plumbing shared with sft.py is in train_utils.py.
 """
 from __future__ import annotations
 
@@ -81,11 +85,9 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -96,13 +98,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from model import (ArgumentParser, HelpFormatter, LLaDA, MetricsLog, adapter_base, apply_lora, bounded,
-                   check_lora_targets, check_memory_budget, check_model_arg, check_optional_package, check_out_dir,
-                   check_paths, checkpoints, claim_out_dir, example_generator, export_sharded_checkpoint, load_adapter,
-                   load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, lora_disabled, lora_modules,
-                   make_char_tokenizer, mask_tokens, memory_budget, merge_lora, nonneg_float, nonneg_int,
-                   positive_float, positive_int, preset_config, probability, resolve_device, row_uniforms, run_cli,
-                   save_checkpoint, save_pretrained_fsdp, save_sharded_checkpoint, shard_fsdp)
+from cli import (ArgumentParser, HelpFormatter, bounded, check_lora_targets, check_model_arg, check_optional_package,
+                 check_out_dir, check_paths, nonneg_float, nonneg_int, positive_float, positive_int, probability,
+                 resolve_device, run_cli)
+from model import (LLaDA, adapter_base, apply_lora, example_generator, load_adapter, load_tokenizer, lora_disabled,
+                   lora_modules, make_char_tokenizer, mask_tokens, merge_lora, preset_config, row_uniforms)
+from train_utils import (MetricsLog, all_reduce_sums, check_init_merged, check_memory_budget, claim_out_dir,
+                         close_distributed, export_sharded_checkpoint, init_distributed, memory_budget, merge_record,
+                         resume_training, save_pretrained_fsdp, save_run_checkpoint, shard_fsdp)
 import data
 import eval as evaluation
 import rewards
@@ -337,19 +340,6 @@ def update(policy, optimizer, params, rnd: Round, k: int, old, ref, args, autoca
     return {**sums, "grad_norm": float(grad_norm)}
 
 
-def all_reduce_sums(sums: dict[str, float], device, ddp: bool, world: int) -> dict[str, float]:
-    """A dict of numbers summed over ranks (a key a rank lacks counts 0 there: a mixed run's rank may have no
-    prompt of some task)."""
-    if not ddp:
-        return dict(sums)
-    everyone = [None] * world
-    dist.all_gather_object(everyone, sorted(sums))
-    keys = sorted(set().union(*everyone))
-    t = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
-
-
 def round_log(totals: dict[str, float], G: int, gen_length: int, t_gen: float, t_logp: float) -> dict:
     """Round statistics (logged on the round's first optimizer step) from globally summed numbers."""
     n = totals["n"]
@@ -411,31 +401,6 @@ def build_model(args, device, dtype, master: bool):
             ref = ref.to(device) if ref is not None else None
     model.gradient_checkpointing = args.grad_checkpointing
     return model, tokenizer, base_name, ref
-
-
-def merge_record(adapter: Path, base: str) -> dict:
-    """What OUT/init-merged is merged from: the adapter folder, its base model and a hash of the adapter's files."""
-    h = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        with open(adapter / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                h.update(chunk)
-    return {"adapter": str(adapter.resolve()), "base": base, "sha256": h.hexdigest()}
-
-
-def check_init_merged(folder: Path, record: dict) -> bool:
-    """Whether OUT/init-merged exists (a resumed run) and was merged from the adapter and base of `record`
-    (merge_record, kept in merged_from.json). The run's checkpoints are adapters trained on top of it, so one
-    merged from another --init is refused, never silently reused."""
-    if not (folder / "config.json").is_file():
-        return False
-    path = folder / "merged_from.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    if (old.get("sha256"), old.get("base")) != (record["sha256"], record["base"]):
-        raise ValueError(f"{folder} was merged from {old.get('adapter', 'an unrecorded adapter')} (base "
-                         f"{old.get('base', '?')}), not from --init {record['adapter']} (base {record['base']}): the "
-                         "run's checkpoints build on it; resume with its --init, or start over with --overwrite")
-    return True
 
 
 # -----------------------------------------------------------------------------
@@ -688,17 +653,7 @@ def main(argv=None):
 
 def run(args):
     """The run itself, once main has checked the flags, filled the per-task defaults and claimed --out-dir."""
-    tasks, mu, G = args.task.split(","), args.mu, args.num_generations
-    # -- distributed setup: the same script runs under `python` and `torchrun`
-    ddp = "RANK" in os.environ
-    if ddp:
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if args.device.startswith("cuda") else args.device
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-    else:
-        rank, world, device = 0, 1, args.device
+    ddp, rank, world, device = init_distributed(args.device)
     master = rank == 0
     dtype = getattr(torch, args.dtype)
     autocast = torch.autocast("cuda", dtype=dtype) if device.startswith("cuda") else contextlib.nullcontext()
@@ -706,72 +661,18 @@ def run(args):
         # fp32 matmuls of a bf16 run are the estimator's output head (model.OutputHead) on bf16-valued inputs,
         # which TF32's 10-bit mantissa holds exactly: tensor-core speed, fp32 accumulation and output.
         torch.backends.cuda.matmul.allow_tf32 = True
-
-    prompts_per_rank = args.prompts_per_step // world  # parse_args checked that these divide
-    local_n = prompts_per_rank * G
-    accum = local_n // args.micro_batch_size
     if master:
         print(run_plan(args, world, known_train_size(args)), flush=True)
-
     model, tokenizer, base_name, ref_model = build_model(args, device, dtype, master)
-    budget = memory_budget(model.config, world, args.lora_r, fsdp=args.fsdp, reference=ref_model is not None,
-                           lora_targets=args.lora_targets.split(","), compute_bytes=dtype.itemsize,
-                           micro_batch=args.micro_batch_size, seq_len=args.max_prompt_length + args.gen_length,
-                           logit_rows=2 * args.gen_length, grad_checkpointing=args.grad_checkpointing,
-                           grad_accum=accum)  # logits: completion_logprobs' 2-row chunks
-    line = check_memory_budget(budget, device)  # raises on every rank when it cannot fit the GPU
-    if master:
-        print(line)
-        if ref_model is not None:
-            print(f"KL reference: a frozen {args.dtype} copy of the weights, {budget['reference'] / 2**30:.2f} GiB "
-                  f"per GPU ({'sharded' if args.fsdp else 'replicated'}); --beta 0 drops it and its forward passes")
-    mask_id, eos_id = model.config.mask_token_id, model.config.eos_token_id
-    train = data.load_tasks(args.task, "train", path=args.train_path, style=args.style,
-                            test_path=args.countdown_test_path)
-    val = data.load_tasks(args.task, "val", path=args.train_path, style=args.style, limit=args.val_size,
-                          test_path=args.countdown_test_path)
-    train = [ex for task in tasks for ex in train if ex["task"] == task]  # grouped by task, in --task order
-    sizes = [sum(ex["task"] == task for ex in train) for task in tasks]
-    if min(sizes) == 0:
-        raise ValueError(f"no training prompts for task {tasks[sizes.index(0)]!r} (train path: {args.train_path})")
-    encode = lambda ex: tokenizer(data.format_prompt(tokenizer, ex["prompt"]),  # noqa: E731
-                                  add_special_tokens=False)["input_ids"][-args.max_prompt_length:]  # left-truncate
-    if master:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        n_prompts = math.ceil(args.max_steps / mu) * args.prompts_per_step
-        print(f"{len(train)} training / {len(val)} validation prompts: the run's {n_prompts:,} prompts are "
-              f"{n_prompts / len(train):.2f} epochs | {trainable:,} trainable parameters")
-    if args.eval_every and not val:
-        if master:
-            print(f"warning: no validation prompts for --task {args.task}: periodic validation is off")
-        args.eval_every = 0
-    if args.fsdp and args.eval_every and len(val) % world:
-        raise ValueError(f"--fsdp: the {len(val)} validation prompts must split evenly over {world} ranks (every rank "
-                         "must run as many sampler forwards: FSDP's all-gathers are collective); change --val-size")
-
+    check_budget(args, model, ref_model, world, device, dtype, master)
+    train, sizes, val = load_prompts(args, world, master)
     params = [p for p in model.parameters() if p.requires_grad]
+    if master:
+        print(f"{sum(p.numel() for p in params):,} trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=tuple(map(float, args.betas.split(","))),
                                   weight_decay=args.weight_decay)
     out_dir = Path(args.out_dir)
-    step, rounds_done = 0, 0  # optimizer steps taken, rollout rounds finished
-    if args.resume:
-        ckpt = args.resume
-        if ckpt == "auto":
-            found = checkpoints(out_dir)
-            ckpt = found[-1] if found else None
-        if ckpt is not None:
-            state = (load_sharded_checkpoint if args.fsdp else load_checkpoint_state)(ckpt, model, optimizer)
-            step, rounds_done = state["step"], state["round"]
-            for key in ("seed", "task", "prompts_per_step", "num_generations", "train_path", "mu"):  # data, rounds
-                if state["args"][key] != getattr(args, key):
-                    raise ValueError(f"--resume {ckpt}: --{key.replace('_', '-')} was {state['args'][key]!r}, now "
-                                     f"{getattr(args, key)!r}; the run would skip or repeat prompts")
-            if master:
-                print(f"resumed from {ckpt} at optimizer step {step}, round {rounds_done}")
-                if step != rounds_done * mu:
-                    print(f"warning: {ckpt} ended inside its last round (--max-steps {state['args']['max_steps']} is "
-                          f"not a multiple of mu = {mu}); this run starts a new round, so it differs from one launched "
-                          f"with --max-steps {args.max_steps} from the start", file=sys.stderr)
+    step, rounds_done = resume(args, out_dir, model, optimizer, master)  # optimizer steps taken, rounds finished
     # FSDP's hooks live on the model itself; DDP wraps it.
     policy = DDP(model, device_ids=[device] if device.startswith("cuda") else None) if ddp and not args.fsdp else model
     raw = unwrap(policy)
@@ -779,65 +680,34 @@ def run(args):
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
     metrics = MetricsLog(out_dir / "metrics.jsonl", step, args.wandb, args.tensorboard, vars(args)) if master else None
     bar = tqdm(total=args.max_steps, initial=step, disable=not master, desc="diffu-GRPO optimizer steps")
+    mask_id, eos_id = model.config.mask_token_id, model.config.eos_token_id
 
     # Nothing below draws from the global RNG (every draw is keyed; RL has no dropout): resuming is exact.
     while step < args.max_steps:
-        r = rounds_done
-        first_step = step
-        # ---- 1. rollout: this rank's whole prompt groups of round r
+        first_step, r = step, rounds_done
+        # 1. rollout: G completions for each of this rank's prompts of round r
         t0 = time.time()
-        idx = round_prompts(sizes, r, args.prompts_per_step, args.seed)[rank * prompts_per_rank:
-                                                                        (rank + 1) * prompts_per_rank]
-        examples = [train[i] for i in idx for _ in range(G)]
-        gidx = [(rank * prompts_per_rank + j // G) * G + j % G for j in range(local_n)]  # global completion index
-        prompt_ids, prompt_mask = left_pad([encode(ex) for ex in examples], eos_id, device)
-        completion_ids = rollout(raw, prompt_ids, prompt_mask, gidx, r, args, autocast)  # (local_n, gen_length)
+        examples, gidx, prompt_ids, prompt_mask = round_batch(train, sizes, r, tokenizer, eos_id, args, rank, world,
+                                                              device)
+        completion_ids = rollout(raw, prompt_ids, prompt_mask, gidx, r, args, autocast)  # (N, gen_length)
         t_gen = time.time() - t0
-
-        # ---- 2. rewards and advantages (each rank scores its own groups)
-        texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        task_rewards, comp_sums = score(tasks, examples, texts)
-        trained_on = task_rewards
-        if args.random_reward:  # control: the same run, trained on noise
-            trained_on = torch.stack([torch.rand((), generator=example_generator(args.seed, 3, r, g)) for g in gidx])
-        cmask = completion_mask(completion_ids, eos_id)
-        n_tokens = cmask.sum()
-        if ddp:
-            dist.all_reduce(n_tokens)
-        mask_seeds = torch.randint(0, 2**62, (mu,), generator=example_generator(args.seed, 2, r)).tolist()
-        rnd = Round(r, prompt_ids, prompt_mask, completion_ids, gidx, task_rewards,
-                    group_advantages(trained_on, G, args.scale_rewards).to(device), cmask, n_tokens.item(), mask_seeds)
-
-        # ---- 3. old-policy and reference log-probs for the round's mu masks, no grad
+        # 2. rewards, advantages and the round's mu mask seeds
+        rnd, comp_sums = score_round(r, examples, gidx, prompt_ids, prompt_mask, completion_ids, tokenizer, eos_id,
+                                     args, device, ddp)
+        # 3. old-policy and reference log-probs for the round's masks, no grad
         t0 = time.time()
-        old, ref = old_and_ref_logprobs(raw, ref_model, rnd, mu, args, autocast, mask_id)
+        old, ref = old_and_ref_logprobs(raw, ref_model, rnd, args.mu, args, autocast, mask_id)
         t_logp = time.time() - t0
-
-        # ---- 4. up to mu optimizer steps over the round
+        # 4. up to mu optimizer steps over the round
         lines = []
-        for k in range(min(mu, args.max_steps - step)):
-            t0 = time.time()
-            lr = lr_at(step, args.lr, args.warmup_steps)
+        for k in range(min(args.mu, args.max_steps - step)):
+            t0, lr = time.time(), lr_at(step, args.lr, args.warmup_steps)
             st = update(policy, optimizer, params, rnd, k, old, ref, args, autocast, mask_id, lr, ddp, world)
             step += 1
             lines.append({"step": step, "round": r + 1, "inner": k, "lr": lr, **st, "t_step": time.time() - t0})
             bar.update(1)
         rounds_done += 1
-
-        # ---- logging: sums over ranks, divided by global counts
-        groups = task_rewards.view(-1, G)
-        sums = {"reward": float(task_rewards.sum()), "reward_sq": float((task_rewards ** 2).sum()),
-                "n": float(local_n), "tokens": float(cmask.sum()), **comp_sums,
-                "zero_std_groups": float((groups.std(1) == 0).sum()) if G > 1 else float(len(groups))}
-        for i, line in enumerate(lines):  # per-step token sums of the loss statistics
-            sums.update({f"{i}/{key}": line[key] for key in ("loss", "clip_frac", "ratio", "kl")})
-        totals = all_reduce_sums(sums, device, ddp, world)
-        tokens_per_step = rnd.normalizer
-        for i, line in enumerate(lines):
-            line.update(loss=totals[f"{i}/loss"], clip_frac=totals[f"{i}/clip_frac"] / tokens_per_step,
-                        ratio=totals[f"{i}/ratio"] / tokens_per_step, kl=totals[f"{i}/kl"] / tokens_per_step)
-        lines[0].update(round_log({k: v for k, v in totals.items() if not k[0].isdigit()}, G, args.gen_length,
-                                  t_gen, t_logp))
+        lines = log_lines(lines, rnd, comp_sums, args, t_gen, t_logp, device, ddp, world)
         done = step == args.max_steps
         crossed = lambda every: every > 0 and step // every > first_step // every  # noqa: E731
         if args.eval_every and (crossed(args.eval_every) or done):
@@ -845,39 +715,154 @@ def run(args):
         if master:
             for line in lines:
                 metrics.write(line)
-            log = lines[0]
-            bar.write(f"step {step:5d} round {r + 1:4d} | reward {log['reward']:.3f} ± {log['reward_std']:.3f} | "
-                      f"zero-std {log['zero_std_groups']:.2f} | kl {lines[-1]['kl']:.4f} | clip "
-                      f"{max(x['clip_frac'] for x in lines):.3f} | len {log['completion_len']:.0f} | gen {t_gen:.1f}s "
-                      f"logp {t_logp:.1f}s train {sum(x['t_step'] for x in lines):.1f}s"
-                      + (f" | val {lines[-1]['val_accuracy']:.3f}" if "val_accuracy" in lines[-1] else ""))
+            bar.write(progress_line(lines))
         if crossed(args.save_every) or done:
             state = {"args": vars(args), **lines[-1], "round": rounds_done}  # round: rounds finished
-            if args.fsdp:  # every rank writes its shards
-                save_sharded_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, state, tokenizer)
-            elif master:
-                save_checkpoint(out_dir / f"step-{step:06d}", raw, optimizer, state, tokenizer, base_model=base_name)
-            if master:
-                for old_ckpt in checkpoints(out_dir)[:-args.keep_last] if args.keep_last else []:
-                    shutil.rmtree(old_ckpt)
+            save_run_checkpoint(out_dir, step, raw, optimizer, state, tokenizer, base_model=base_name,
+                                fsdp=args.fsdp, master=master, keep_last=args.keep_last)
         if ddp:
             dist.barrier()
     bar.close()
     if master:
         metrics.close()
-    if args.merge and args.fsdp:  # gathered to rank 0, written there (every rank takes part)
+    finish(args, model, tokenizer, out_dir, dtype, master)
+    if ddp:
+        close_distributed()
+
+
+def check_budget(args, model, ref_model, world: int, device: str, dtype: torch.dtype, master: bool) -> None:
+    """Print the per-GPU memory budget (train_utils.memory_budget, computed); every rank raises when it cannot fit."""
+    accum = args.prompts_per_step // world * args.num_generations // args.micro_batch_size
+    budget = memory_budget(model.config, world, args.lora_r, fsdp=args.fsdp, reference=ref_model is not None,
+                           lora_targets=args.lora_targets.split(","), compute_bytes=dtype.itemsize,
+                           micro_batch=args.micro_batch_size, seq_len=args.max_prompt_length + args.gen_length,
+                           logit_rows=2 * args.gen_length, grad_checkpointing=args.grad_checkpointing,
+                           grad_accum=accum)  # logits: completion_logprobs' 2-row chunks
+    line = check_memory_budget(budget, device)
+    if master:
+        print(line)
+        if ref_model is not None:
+            print(f"KL reference: a frozen {args.dtype} copy of the weights, {budget['reference'] / 2**30:.2f} GiB "
+                  f"per GPU ({'sharded' if args.fsdp else 'replicated'}); --beta 0 drops it and its forward passes")
+
+
+def load_prompts(args, world: int, master: bool) -> tuple[list[dict], list[int], list[dict]]:
+    """The training prompts grouped by task in --task order, each task's count, and the validation prompts."""
+    tasks = args.task.split(",")
+    train = data.load_tasks(args.task, "train", path=args.train_path, style=args.style,
+                            test_path=args.countdown_test_path)
+    val = data.load_tasks(args.task, "val", path=args.train_path, style=args.style, limit=args.val_size,
+                          test_path=args.countdown_test_path)
+    train = [ex for task in tasks for ex in train if ex["task"] == task]
+    sizes = [sum(ex["task"] == task for ex in train) for task in tasks]
+    if min(sizes) == 0:
+        raise ValueError(f"no training prompts for task {tasks[sizes.index(0)]!r} (train path: {args.train_path})")
+    if master:
+        n_prompts = math.ceil(args.max_steps / args.mu) * args.prompts_per_step
+        print(f"{len(train)} training / {len(val)} validation prompts: the run's {n_prompts:,} prompts are "
+              f"{n_prompts / len(train):.2f} epochs")
+    if args.eval_every and not val:
+        if master:
+            print(f"warning: no validation prompts for --task {args.task}: periodic validation is off")
+        args.eval_every = 0
+    if args.fsdp and args.eval_every and len(val) % world:
+        raise ValueError(f"--fsdp: the {len(val)} validation prompts must split evenly over {world} ranks (every rank "
+                         "must run as many sampler forwards: FSDP's all-gathers are collective); change --val-size")
+    return train, sizes, val
+
+
+def resume(args, out_dir: Path, model, optimizer, master: bool) -> tuple[int, int]:
+    """--resume: restore the weights and AdamW state; returns (optimizer steps taken, rollout rounds finished)."""
+    ckpt, state = resume_training(args.resume, out_dir, model, optimizer, args.fsdp)
+    if state is None:
+        return 0, 0
+    step, rounds_done = state["step"], state["round"]
+    for key in ("seed", "task", "prompts_per_step", "num_generations", "train_path", "mu"):  # the data, the rounds
+        if state["args"][key] != getattr(args, key):
+            raise ValueError(f"--resume {ckpt}: --{key.replace('_', '-')} was {state['args'][key]!r}, now "
+                             f"{getattr(args, key)!r}; the run would skip or repeat prompts")
+    if master:
+        print(f"resumed from {ckpt} at optimizer step {step}, round {rounds_done}")
+        if step != rounds_done * args.mu:
+            print(f"warning: {ckpt} ended inside its last round (--max-steps {state['args']['max_steps']} is not a "
+                  f"multiple of mu = {args.mu}); this run starts a new round, so it differs from one launched with "
+                  f"--max-steps {args.max_steps} from the start", file=sys.stderr)
+    return step, rounds_done
+
+
+def round_batch(train, sizes, r: int, tokenizer, eos_id: int, args, rank: int, world: int, device):
+    """This rank's share of round r: its whole prompt groups, each prompt repeated G times. Returns the examples,
+    the global completion index of each row, and the left-padded prompt ids and mask (N, P), left-truncated to
+    --max-prompt-length tokens."""
+    G, per_rank = args.num_generations, args.prompts_per_step // world
+    idx = round_prompts(sizes, r, args.prompts_per_step, args.seed)[rank * per_rank:(rank + 1) * per_rank]
+    examples = [train[i] for i in idx for _ in range(G)]
+    gidx = [(rank * per_rank + j // G) * G + j % G for j in range(per_rank * G)]
+    ids = [tokenizer(data.format_prompt(tokenizer, ex["prompt"]), add_special_tokens=False)["input_ids"]
+           [-args.max_prompt_length:] for ex in examples]
+    prompt_ids, prompt_mask = left_pad(ids, eos_id, device)
+    return examples, gidx, prompt_ids, prompt_mask
+
+
+def score_round(r: int, examples, gidx, prompt_ids, prompt_mask, completion_ids, tokenizer, eos_id: int, args,
+                device, ddp: bool) -> tuple[Round, dict[str, float]]:
+    """Reward this rank's completions (each rank scores its own groups), turn them into group advantages, count
+    the completion tokens of the GLOBAL round and draw the round's mu mask seeds. Returns the Round and the
+    rewards' per-component sums for logging."""
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    task_rewards, comp_sums = score(args.task.split(","), examples, texts)
+    trained_on = task_rewards
+    if args.random_reward:  # control: the same run, trained on noise
+        trained_on = torch.stack([torch.rand((), generator=example_generator(args.seed, 3, r, g)) for g in gidx])
+    cmask = completion_mask(completion_ids, eos_id)
+    n_tokens = cmask.sum()
+    if ddp:
+        dist.all_reduce(n_tokens)
+    mask_seeds = torch.randint(0, 2**62, (args.mu,), generator=example_generator(args.seed, 2, r)).tolist()
+    advantages = group_advantages(trained_on, args.num_generations, args.scale_rewards).to(device)
+    return Round(r, prompt_ids, prompt_mask, completion_ids, gidx, task_rewards, advantages, cmask, n_tokens.item(),
+                 mask_seeds), comp_sums
+
+
+def log_lines(lines: list[dict], rnd: Round, comp_sums: dict, args, t_gen: float, t_logp: float, device,
+              ddp: bool, world: int) -> list[dict]:
+    """The round's metrics lines, one per optimizer step: the loss statistics summed over ranks and divided by the
+    global token count; the round statistics (rewards, lengths, times) on the round's first step."""
+    G = args.num_generations
+    groups = rnd.rewards.view(-1, G)
+    sums = {"reward": float(rnd.rewards.sum()), "reward_sq": float((rnd.rewards ** 2).sum()),
+            "n": float(len(rnd.gidx)), "tokens": float(rnd.cmask.sum()), **comp_sums,
+            "zero_std_groups": float((groups.std(1) == 0).sum()) if G > 1 else float(len(groups))}
+    for i, line in enumerate(lines):  # per-step token sums of the loss statistics
+        sums.update({f"{i}/{key}": line[key] for key in ("loss", "clip_frac", "ratio", "kl")})
+    totals = all_reduce_sums(sums, device, ddp, world)
+    for i, line in enumerate(lines):
+        line.update(loss=totals[f"{i}/loss"], clip_frac=totals[f"{i}/clip_frac"] / rnd.normalizer,
+                    ratio=totals[f"{i}/ratio"] / rnd.normalizer, kl=totals[f"{i}/kl"] / rnd.normalizer)
+    lines[0].update(round_log({k: v for k, v in totals.items() if not k[0].isdigit()}, G, args.gen_length, t_gen,
+                              t_logp))
+    return lines
+
+
+def progress_line(lines: list[dict]) -> str:
+    """One printed line per round."""
+    first, last = lines[0], lines[-1]
+    return (f"step {last['step']:5d} round {first['round']:4d} | reward {first['reward']:.3f} ± "
+            f"{first['reward_std']:.3f} | zero-std {first['zero_std_groups']:.2f} | kl {last['kl']:.4f} | clip "
+            f"{max(x['clip_frac'] for x in lines):.3f} | len {first['completion_len']:.0f} | gen {first['t_gen']:.1f}s "
+            f"logp {first['t_logp']:.1f}s train {sum(x['t_step'] for x in lines):.1f}s"
+            + (f" | val {last['val_accuracy']:.3f}" if "val_accuracy" in last else ""))
+
+
+def finish(args, model, tokenizer, out_dir: Path, dtype: torch.dtype, master: bool) -> None:
+    """--merge: OUT/merged, a full HF-layout model (LoRA merged in; with FSDP gathered to rank 0)."""
+    if args.merge and args.fsdp:  # every rank takes part
         save_pretrained_fsdp(model, out_dir / "merged", tokenizer, dtype)
     elif args.merge and master:
         merged = merge_lora(model) if lora_modules(model) else model
         merged.to(dtype).save_pretrained(out_dir / "merged", tokenizer=tokenizer)
     if args.merge and master:
         print(f"wrote {out_dir / 'merged'}")
-    if ddp:
-        # Two barriers: gloo's worker threads may still be freeing the last collective's buffers after one,
-        # and tearing down under them aborts the process (seen with torch 2.13 on CPU).
-        dist.barrier()
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def validate(model, tokenizer, examples, args, rank, world, autocast) -> dict:

@@ -46,6 +46,7 @@ Re-score:               python eval.py --rescore out/eval/generations.jsonl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -60,11 +61,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from data import EVAL_PREFILL, STYLES, TASKS, format_prompt, load_tasks
-from model import (ArgumentParser, LLaDA, adapter_base, check_model_arg, check_out_dir, check_paths, example_generator,
-                   load_adapter, load_tokenizer, nonneg_float, positive_float, positive_int, probability,
-                   resolve_device, run_cli)
+from cli import (ArgumentParser, check_model_arg, check_out_dir, check_paths, nonneg_float, positive_float,
+                 positive_int, probability, resolve_device, run_cli)
+from model import LLaDA, adapter_base, example_generator, load_adapter, load_tokenizer
 from rewards import D1_TASKS, eval_score, eval_scores, parsed_answer
 from sample import generate, left_pad
+from train_utils import close_distributed, init_distributed
 
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"
 DEFAULT_OUT = "out/eval"
@@ -391,7 +393,7 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
     resolve_device(p, args)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     class Formatter(argparse.RawDescriptionHelpFormatter):  # keeps the docstring's layout; shows real defaults
         def _get_help_string(self, action):
             shown = action.default not in (None, argparse.SUPPRESS) and action.default is not False
@@ -446,27 +448,69 @@ def main(argv=None):
     p.add_argument("--rescore", nargs="?", const="", default=None, metavar="FILE",
                    help="re-score a generations JSONL (no FILE: OUT_DIR/generations.jsonl) with the current parsers, "
                         "both protocols, without loading a model; rewrites its parsed answers and scores")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     check_args(p, args)
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.rescore is not None:  # no model, no process group: parse and score the stored completions again
         path = Path(args.rescore or Path(args.out_dir or DEFAULT_OUT) / "generations.jsonl")
         rescore(path, Path(args.out_dir) if args.out_dir else path.parent)
         return
-    out_dir = Path(args.out_dir or DEFAULT_OUT)
-
-    # DDP preamble: torchrun sets RANK; nccl on GPU, gloo on CPU
-    ddp = int(os.environ.get("RANK", -1)) != -1
+    ddp, rank, world, args.device = init_distributed(args.device)
+    run(args, rank, world)
     if ddp:
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if args.device.startswith("cuda"):
-            args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(args.device)
-    else:
-        rank, world = 0, 1
-    master = rank == 0
+        close_distributed()
 
+
+def checkpoints_to_evaluate(args, master: bool) -> tuple[list, list[str], dict[str, str]]:
+    """What to evaluate: with --checkpoints, every checkpoint (or only the last and the validation-selected one),
+    marked "last" / "val-selected"; else the one --model (with --adapter). Returns (checkpoints, labels, marks)."""
+    if not args.checkpoints:
+        return [Path(args.adapter) if args.adapter else None], [args.adapter or args.model or DEFAULT_MODEL], {}
+    ckpts = list_checkpoints(args.checkpoints)
+    val_file = Path(args.val_file) if args.val_file else ckpts[0].parent / "metrics.jsonl"
+    if args.val_file and not val_file.is_file():
+        raise FileNotFoundError(f"--val-file {val_file} does not exist")
+    selected = select_by_validation(ckpts, val_file, args.val_metric) if val_file.is_file() else None
+    marks = {ckpts[-1].name: "last"}
+    if selected is not None:
+        marks[selected.name] = "last, val-selected" if selected == ckpts[-1] else "val-selected"
+    elif master:
+        print(f"no validation-selected checkpoint: {val_file} is missing or has no {args.val_metric!r} at a checkpoint "
+              "step")
+    if args.only_selected:
+        ckpts = [c for c in ckpts if c.name in marks]
+    return ckpts, [c.name for c in ckpts], marks
+
+
+def load_eval_tasks(args) -> dict[str, list[dict]]:
+    """The items of every --task, by task; a task without items is an error (an empty table would look like a
+    result)."""
+    by_task = defaultdict(list)
+    for ex in load_tasks(args.task, args.split, args.data_path, args.style, args.limit,
+                         test_path=args.countdown_test_path):
+        by_task[ex["task"]].append(ex)
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    paths = args.data_path.split(",") if args.data_path else [None] * len(tasks)  # load_tasks checked the counts
+    for task, path in zip(tasks, paths):
+        if not by_task[task]:
+            raise SystemExit(f"eval.py: no {task} {args.split} items in {(path or '').strip() or 'the downloaded set'}"
+                             + (" (--limit 0)" if args.limit == 0 else ""))
+    return by_task
+
+
+def run(args, rank: int, world: int):
+    """Generate and score every (checkpoint, length, task, seed); rank 0 appends each group's records to
+    generations.jsonl when it is done (a crash keeps them) and writes results.json / results.md at the end."""
+    master, out_dir = rank == 0, Path(args.out_dir or DEFAULT_OUT)
     lengths, seeds = ints(args.gen_length), ints(args.seeds)
     if args.temperature == 0 and len(seeds) > 1:
         seeds = seeds[:1]
@@ -474,37 +518,8 @@ def main(argv=None):
             print(f"temperature 0 is deterministic: using seed {seeds[0]} only")
     prefill = args.prefill if args.prefill is not None else ("" if args.style == "compact" else EVAL_PREFILL)
     steps = {L: denoising_steps(args, L) for L in lengths}
-
-    if args.checkpoints:
-        ckpts = list_checkpoints(args.checkpoints)
-        run_dir = ckpts[0].parent
-        val_file = Path(args.val_file) if args.val_file else run_dir / "metrics.jsonl"
-        if args.val_file and not val_file.is_file():
-            raise FileNotFoundError(f"--val-file {val_file} does not exist")
-        selected = select_by_validation(ckpts, val_file, args.val_metric) if val_file.is_file() else None
-        marks = {ckpts[-1].name: "last"}
-        if selected is not None:
-            marks[selected.name] = "last, val-selected" if selected == ckpts[-1] else "val-selected"
-        elif master:
-            print(f"no validation-selected checkpoint: {val_file} is missing or has no {args.val_metric!r} at a checkpoint step")
-        if args.only_selected:
-            ckpts = [c for c in ckpts if c.name in marks]
-        labels = [c.name for c in ckpts]
-    else:
-        ckpts, marks = [Path(args.adapter) if args.adapter else None], {}
-        labels = [args.adapter or args.model or DEFAULT_MODEL]
-
-    examples = load_tasks(args.task, args.split, args.data_path, args.style, args.limit,
-                          test_path=args.countdown_test_path)
-    by_task = defaultdict(list)
-    for ex in examples:
-        by_task[ex["task"]].append(ex)
-    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
-    paths = args.data_path.split(",") if args.data_path else [None] * len(tasks)  # load_tasks checked the counts
-    for task, path in zip(tasks, paths):
-        if not by_task[task]:  # an empty table would look like a result
-            raise SystemExit(f"eval.py: no {task} {args.split} items in {(path or '').strip() or 'the downloaded set'}"
-                             + (" (--limit 0)" if args.limit == 0 else ""))
+    ckpts, labels, marks = checkpoints_to_evaluate(args, master)
+    by_task = load_eval_tasks(args)
     tokenizer = load_tokenizer(base_of(args.model, ckpts[0]))
     if master:
         for task, exs in by_task.items():
@@ -513,43 +528,29 @@ def main(argv=None):
         print(f"gen lengths {lengths}, steps {[steps[L] for L in lengths]}, block {args.block_length}, "
               f"temperature {args.temperature}, seeds {seeds}, checkpoints {labels}, marks {marks}")
         out_dir.mkdir(parents=True, exist_ok=True)
-        open(out_dir / "generations.jsonl", "w").close()  # each group is appended when done: a crash keeps them
-
-    dtype = getattr(torch, args.dtype)
+        open(out_dir / "generations.jsonl", "w").close()
     all_records = []
     for ckpt, label in zip(ckpts, labels):
-        model = load_model(args.model, ckpt, dtype, args.device)
-        for L in lengths:
-            for task, exs in by_task.items():
-                for seed in seeds:
-                    t0 = time.time()
-                    records = evaluate(model, tokenizer, exs, L, args.block_length, steps[L], args.temperature,
-                                       args.batch_size, prefill, seed, rank, world, progress=master,
-                                       threshold=args.threshold)
-                    if not master:
-                        continue
-                    wall = time.time() - t0
-                    for r in records:
-                        r.update(checkpoint=label, wall_s=wall)
-                    with open(out_dir / "generations.jsonl", "a", encoding="utf-8") as f:
-                        f.writelines(json.dumps(r) + "\n" for r in records)
-                    all_records += records
-                    d1 = accuracy(records, "score_d1")
-                    print(f"{label} {task} L={L} seed={seed}: {100 * accuracy(records):.2f}% fixed, "
-                          + ("-" if d1 is None else f"{100 * d1:.2f}%") + f" d1, of {len(records)} items in {wall:.0f}s")
+        model = load_model(args.model, ckpt, getattr(torch, args.dtype), args.device)
+        for L, (task, exs), seed in itertools.product(lengths, by_task.items(), seeds):
+            t0 = time.time()
+            records = evaluate(model, tokenizer, exs, L, args.block_length, steps[L], args.temperature,
+                               args.batch_size, prefill, seed, rank, world, progress=master, threshold=args.threshold)
+            if not master:
+                continue
+            wall = time.time() - t0
+            for r in records:
+                r.update(checkpoint=label, wall_s=wall)
+            with open(out_dir / "generations.jsonl", "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+            all_records += records
+            d1 = accuracy(records, "score_d1")
+            print(f"{label} {task} L={L} seed={seed}: {100 * accuracy(records):.2f}% fixed, "
+                  + ("-" if d1 is None else f"{100 * d1:.2f}%") + f" d1, of {len(records)} items in {wall:.0f}s")
         del model
-
     if master:
         results = {label: summarize(rs) for label, rs in group_by_checkpoint(all_records).items()}
         print(write_results(out_dir, results, marks, {"args": vars(args), "world": world}))
-    if ddp:
-        # Two barriers before teardown: a gloo worker thread frees the buffers of a finished collective only when
-        # the NEXT work that referenced it is freed; if that happens while Python is shutting down, the process
-        # aborts ("terminate called without an active exception", torch 2.13). The second barrier leaves only
-        # tensor-free barrier work behind (seen in ~8% of 2-process CPU runs with one barrier, 0 of 80 with two).
-        dist.barrier()
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -102,6 +102,10 @@ Smaller deviations: the strict format accepts a completion that ends right at </
 trailing newline, which completions decoded without their EOS never have); Countdown answers with a decimal
 point are rejected (they would let a model glue given numbers, 3.5 from 3 and 5); brace matching is one
 linear pass, so every function here returns in bounded time on any string, in both protocols.
+
+Longer than ~650 lines, on purpose: three readers of the same completions sit side by side, so that a reader
+can compare them rule by rule: the training rewards, the "fixed" verdict and the "d1" replica (each rule of one
+has its counterpart in the others), plus the coding task's bridge to sandbox.py.
 """
 
 import ast

@@ -37,8 +37,9 @@ import time
 
 import torch
 
-from model import (ArgumentParser, HelpFormatter, KVCache, check_model_arg, check_paths, nonneg_float, positive_int,
-                   probability, resolve_device, run_cli)
+from cli import (ArgumentParser, HelpFormatter, check_model_arg, check_paths, nonneg_float, positive_int, probability,
+                 resolve_device, run_cli)
+from model import KVCache
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")

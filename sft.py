@@ -26,11 +26,11 @@ Deliberate deviations from d1 (public code):
   the step). With LoRA dropout > 0, dropout masks depend on the rank, so N processes == 1 process only at 0.
 Full fine-tuning (--lora-r 0) keeps fp32 master weights, gradients and AdamW state: ~16 bytes/parameter, 128 GB
 at 8B. Plain DDP replicates them on every GPU (fine for small models); --fsdp shards them over the ranks
-(FSDP2: model.shard_fsdp, one unit per block + head + root, bf16 compute, fp32 reduce) and writes sharded
+(FSDP2: train_utils.shard_fsdp, one unit per block + head + root, bf16 compute, fp32 reduce) and writes sharded
 checkpoints (torch.distributed.checkpoint; --export converts one to an HF-layout model). --fsdp is explicit,
-never automatic: with LoRA, DDP stays the path. Start-up prints the per-GPU memory budget (model.memory_budget,
+never automatic: with LoRA, DDP stays the path. Start-up prints the per-GPU memory budget (train_utils.memory_budget,
 computed) and refuses to start when it exceeds the GPU's memory. Flags are checked before anything loads; a used
---out-dir is refused unless --resume auto (continue) or --overwrite (start over), see model.claim_out_dir.
+--out-dir is refused unless --resume auto (continue) or --overwrite (start over), see train_utils.claim_out_dir.
 
 CPU (tiny model from scratch, a prompt/answer JSONL such as {"prompt": "sort 312", "answer": "123"}):
     python sft.py --init-from-scratch tiny --data pairs.jsonl --lora-r 0 --lr 1e-3 --epochs 5 \\
@@ -53,9 +53,9 @@ The plan only (no model loaded):
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -69,13 +69,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import S1K_HUB, format_prompt, load_s1k, load_sft_file
-from model import (LORA_TARGETS, ArgumentParser, Config, HelpFormatter, LLaDA, MetricsLog, apply_lora, bounded,
-                   check_lora_targets, check_memory_budget, check_model_arg, check_optional_package, check_out_dir,
-                   check_paths, checkpoints, claim_out_dir, example_generator, export_sharded_checkpoint,
-                   load_checkpoint_state, load_sharded_checkpoint, load_tokenizer, make_char_tokenizer, mask_tokens,
-                   memory_budget, merge_lora, nonneg_float, nonneg_int, positive_float, positive_int, preset_config,
-                   resolve_checkpoint, resolve_device, row_uniforms, run_cli, save_checkpoint, save_pretrained_fsdp,
-                   save_sharded_checkpoint, shard_fsdp)
+from cli import (ArgumentParser, HelpFormatter, bounded, check_lora_targets, check_model_arg, check_optional_package,
+                 check_out_dir, check_paths, nonneg_float, nonneg_int, positive_float, positive_int, resolve_device,
+                 run_cli)
+from model import (Config, LLaDA, LORA_TARGETS, apply_lora, example_generator, load_tokenizer, make_char_tokenizer,
+                   mask_tokens, merge_lora, preset_config, resolve_checkpoint, row_uniforms)
+from train_utils import (MetricsLog, check_memory_budget, claim_out_dir, close_distributed, export_sharded_checkpoint,
+                         init_distributed, memory_budget, resume_training, save_pretrained_fsdp, save_run_checkpoint,
+                         shard_fsdp)
 
 # Random streams are told apart by the number of keys given to example_generator:
 # (seed,) the validation split, (seed, epoch) the data order, (seed, step, example) t and the mask,
@@ -192,6 +193,7 @@ def lr_at(step: int, total_steps: int, base_lr: float, warmup: int = 0, schedule
     return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@functools.lru_cache(maxsize=2)  # one epoch's order serves its every step
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """One global order per (seed, epoch), the same on every rank; ranks take disjoint slices of it."""
     return torch.randperm(n, generator=example_generator(seed, epoch)).tolist()
@@ -369,32 +371,10 @@ def main(argv: list[str] | None = None):
         run(args)
 
 
-def run(args):
-    """The run itself, once main has checked the flags and claimed --out-dir."""
-    # DDP preamble: torchrun sets RANK; plain `python` runs one process.
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
-        dist.init_process_group(backend)
-        rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
-        device = f"cuda:{local_rank}" if backend == "nccl" else "cpu"
-        if backend == "nccl":
-            torch.cuda.set_device(device)
-    else:
-        rank, world, device = 0, 1, args.device
-    master = rank == 0
-    log = print if master else (lambda *a, **k: None)
-
-    global_batch = args.batch_size * args.grad_accum * world
-    log(run_plan(args, world, S1K_EXAMPLES if args.data in S1K_HUB and args.data_path is None else None))
-
-    # Data: load, tokenize, split. Every rank holds all of it (small) and takes its slice of each global batch.
+def prepare_data(args, tokenizer, global_batch: int, log) -> tuple[list, list]:
+    """The examples of --data tokenized as (ids, prompt length) and split into train / held-out val. Every rank
+    holds all of it (small) and takes its slice of each global batch."""
     examples = load_examples(args)
-    dtype = getattr(torch, args.dtype)
-    if args.init_from_scratch:
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else make_char_tokenizer()
-    else:
-        tokenizer = load_tokenizer(args.tokenizer or args.model)
     encoded, n_trunc, n_dropped = [], 0, 0
     for ex in examples:
         ids, n_prompt, cut = encode_example(tokenizer, ex["prompt"], ex["answer"], args.max_length)
@@ -410,24 +390,28 @@ def run(args):
     n_val = max(1, round(len(encoded) * args.val_frac)) if args.val_frac > 0 else 0
     val = [encoded[i] for i in sorted(perm[:n_val])]
     train = [encoded[i] for i in sorted(perm[n_val:])]
-    steps_per_epoch = len(train) // global_batch  # the last incomplete global batch of an epoch is dropped
-    total_steps = args.epochs * steps_per_epoch
-    stop_step = min(total_steps, args.max_steps) if args.max_steps is not None else total_steps
     log(f"examples {len(examples)}: train {len(train)}, val {len(val)}, truncated at {args.max_length} tokens "
         f"{n_trunc}, dropped (prompt too long) {n_dropped}, longest {max(len(e[0]) for e in encoded)} tokens")
-    log(f"steps per epoch {steps_per_epoch}, total steps {total_steps} ({args.epochs} epochs), running to {stop_step}")
-    if steps_per_epoch == 0:
+    if len(train) < global_batch:  # the last incomplete global batch of an epoch is dropped
         raise ValueError(f"{len(train)} training examples are fewer than one global batch of {global_batch} "
-                         f"(--batch-size {args.batch_size} x --grad-accum {args.grad_accum} x {world} processes): "
-                         "lower them")
+                         f"(--batch-size {args.batch_size} x --grad-accum {args.grad_accum} x "
+                         f"{global_batch // (args.batch_size * args.grad_accum)} processes): lower them")
+    return train, val
 
-    # Model. LoRA: frozen base weights in --dtype, fp32 adapters. Full FT: fp32 master weights. Autocast to --dtype.
+
+def padded_length(example: tuple[list[int], int], pad_answers_to: int) -> int:
+    """Tokens of (ids, prompt length) once its answer is EOS-padded to at least pad_answers_to."""
+    ids, n_prompt = example
+    return len(ids) + max(0, pad_answers_to - (len(ids) - n_prompt))
+
+
+def build_model(args, tokenizer, longest: int, world: int, device: str, dtype: torch.dtype, log):
+    """The model to train: LoRA on frozen base weights in --dtype (fp32 adapters), or fp32 master weights for full
+    fine-tuning, sharded with --fsdp. Checks the per-GPU memory budget first. Returns (model, trainable params)."""
     lora = args.lora_r > 0
     targets = [name.strip() for name in args.lora_targets.split(",")]
-    device_type = torch.device(device).type
     cfg = (preset_config(args.init_from_scratch, tokenizer) if args.init_from_scratch
            else Config.from_json(resolve_checkpoint(args.model) / "config.json"))
-    longest = max(len(e[0]) + max(0, args.pad_answers_to - (len(e[0]) - e[1])) for e in train)
     budget = memory_budget(cfg, world, args.lora_r, fsdp=args.fsdp, lora_targets=targets,
                            compute_bytes=dtype.itemsize, micro_batch=args.batch_size, seq_len=longest,
                            grad_checkpointing=args.grad_checkpointing, grad_accum=args.grad_accum)
@@ -441,134 +425,150 @@ def run(args):
     if lora:
         apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, seed=args.seed)
     if args.fsdp:  # before the optimizer: sharding replaces the parameters
-        shard_fsdp(model, device, mp_dtype=dtype if device_type == "cuda" and dtype != torch.float32 else None)
+        shard_fsdp(model, device, mp_dtype=dtype if device.startswith("cuda") and dtype != torch.float32 else None)
     model.gradient_checkpointing = args.grad_checkpointing
     params = [q for q in model.parameters() if q.requires_grad]
     log(f"trainable parameters {sum(q.numel() for q in params):,} of {model.num_params():,} "
         f"({'LoRA r=%d' % args.lora_r if lora else 'full fine-tuning'}, compute {args.dtype})")
+    return model, params
+
+
+def train_step(loss_fn, model, optimizer, params, train, batch: list[int], step: int, args, rank: int, world: int,
+               device, amp, ddp: bool) -> tuple[float, float, int]:
+    """One optimizer step over the global batch (global example indices): this rank's micro-batches with grad
+    accumulation (DDP/FSDP reduce on the last), clip, AdamW. Returns (global mean loss, grad norm, padded length)."""
+    pad_to = max(padded_length(train[i], args.pad_answers_to) for i in batch)  # the GLOBAL batch's: split-invariant
+    # Dropout draws from the global RNG: re-seed it from (seed, step, rank) so a resumed run matches.
+    torch.manual_seed(example_generator(args.seed, step, rank, 0).initial_seed())
+    loss_sum = torch.zeros((), device=device)
+    for a in range(args.grad_accum):
+        lo = (a * world + rank) * args.batch_size
+        idx = batch[lo:lo + args.batch_size]
+        ids, ans = make_batch([train[i] for i in idx], pad_to, model.config.eos_token_id, device)
+        t, u = draw_noise(args.seed, step, idx, ans)
+        last = a == args.grad_accum - 1
+        if args.fsdp:  # FSDP's no_sync: keep unsharded gradients until the last micro-step, then reduce-scatter
+            model.set_requires_gradient_sync(last)
+        with loss_fn.no_sync() if ddp and not args.fsdp and not last else nullcontext():  # all-reduce on the last
+            with amp():
+                per_seq = loss_fn(ids, ans, t, u)  # (B,)
+            # DDP/FSDP average over ranks, so divide by this rank's share: the gradient of the global mean.
+            (per_seq.sum() / (args.batch_size * args.grad_accum)).backward()
+        loss_sum += per_seq.detach().sum()
+    if ddp:
+        dist.all_reduce(loss_sum)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum.item() / len(batch), grad_norm.item(), pad_to
+
+
+def run(args):
+    """The run itself, once main has checked the flags and claimed --out-dir."""
+    ddp, rank, world, device = init_distributed(args.device)
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    global_batch = args.batch_size * args.grad_accum * world
+    log(run_plan(args, world, S1K_EXAMPLES if args.data in S1K_HUB and args.data_path is None else None))
+    dtype = getattr(torch, args.dtype)
+    if args.init_from_scratch:
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else make_char_tokenizer()
+    else:
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+    train, val = prepare_data(args, tokenizer, global_batch, log)
+    steps_per_epoch = len(train) // global_batch
+    total_steps = args.epochs * steps_per_epoch
+    stop_step = min(total_steps, args.max_steps) if args.max_steps is not None else total_steps
+    log(f"steps per epoch {steps_per_epoch}, total steps {total_steps} ({args.epochs} epochs), running to {stop_step}")
+    longest = max(padded_length(e, args.pad_answers_to) for e in train)
+    model, params = build_model(args, tokenizer, longest, world, device, dtype, log)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    amp = lambda: torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)  # noqa: E731
+    amp = lambda: torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)  # noqa: E731
 
     out_dir = Path(args.out_dir)
-    start_step = 0
-    resume = args.resume
-    if resume == "auto":
-        found = checkpoints(out_dir)
-        resume = str(found[-1]) if found else None
-        log(f"resume auto: {resume or 'no checkpoint in ' + str(out_dir) + ', starting fresh'}")
-    if resume:
-        state = (load_sharded_checkpoint if args.fsdp else load_checkpoint_state)(resume, model, optimizer)
-        for key, value in [("global_batch", global_batch), ("total_steps", total_steps), ("seed", args.seed)]:
-            if state[key] != value:
-                raise ValueError(f"{resume} was trained with {key}={state[key]}, this run has {value}: "
-                                 "the data order and lr schedule would not continue")
-        start_step = state["step"]
-        log(f"resumed from {resume} at step {start_step}")
-
+    ckpt, start_step = resume(args, out_dir, model, optimizer, global_batch, total_steps, log)
     loss_fn = MaskedSFT(model, args.eps)  # DDP must wrap the module whose forward computes the loss
     if ddp and not args.fsdp:  # (FSDP hooks live on the model itself)
-        loss_fn = DDP(loss_fn, device_ids=[local_rank] if device_type == "cuda" else None)
+        loss_fn = DDP(loss_fn, device_ids=[device] if device.startswith("cuda") else None)
     # (a fresh start drops every line of an earlier metrics.jsonl; a resumed one those after its checkpoint)
-    metrics = MetricsLog(out_dir / "metrics.jsonl", start_step if resume else -1, args.wandb, args.tensorboard,
+    metrics = MetricsLog(out_dir / "metrics.jsonl", start_step if ckpt else -1, args.wandb, args.tensorboard,
                          vars(args)) if master else None
+    val_pad = max((padded_length(e, args.pad_answers_to) for e in val), default=0)
 
-    def record(row: dict):
-        if master:
-            metrics.write(row)
-
-    def save(step: int):
-        state = dict(step=step, epoch=step / steps_per_epoch, global_batch=global_batch, total_steps=total_steps,
-                     seed=args.seed, args=vars(args))
-        if args.fsdp:  # every rank writes its shards
-            save_sharded_checkpoint(out_dir / f"step-{step:06d}", model, optimizer, state, tokenizer)
-        elif master:
-            save_checkpoint(out_dir / f"step-{step:06d}", model, optimizer, state, tokenizer,
-                            base_model=None if args.init_from_scratch else args.model)  # None: random base, saved too
-        if master:
-            for old in checkpoints(out_dir)[:-args.keep_last] if args.keep_last > 0 else []:
-                shutil.rmtree(old)
-        if ddp:
-            dist.barrier()  # nobody reads a checkpoint before it is complete
-
-    val_pad = max((len(e[0]) + max(0, args.pad_answers_to - (len(e[0]) - e[1])) for e in val), default=0)
-
-    def run_eval(step: int):
+    def validate(step: int):  # the held-out loss, logged as its own metrics line
         if val and args.eval_every > 0:
             val_loss = evaluate(model, val, val_pad, args.batch_size, args.seed, args.eps, device, amp, rank, world)
             if master:
                 tqdm.write(f"step {step:6d} | val loss {val_loss:.4f}")
-            record(dict(step=step, val_loss=val_loss))
+                metrics.write(dict(step=step, val_loss=val_loss))
 
     model.train()
     if start_step == 0:
-        run_eval(0)
+        validate(0)
     pbar = tqdm(total=stop_step, initial=start_step, disable=not master, desc="SFT optimizer steps", dynamic_ncols=True)
-    order, order_epoch = None, None
     for step in range(start_step, stop_step):
         t0 = time.time()
         epoch, b = divmod(step, steps_per_epoch)
-        if order_epoch != epoch:
-            order, order_epoch = epoch_order(len(train), args.seed, epoch), epoch
-        batch = order[b * global_batch:(b + 1) * global_batch]  # global example indices of this step
-        pad_to = max(len(train[i][0]) + max(0, args.pad_answers_to - (len(train[i][0]) - train[i][1]))
-                     for i in batch)  # pad to the longest of the GLOBAL batch: split-invariant
+        batch = epoch_order(len(train), args.seed, epoch)[b * global_batch:(b + 1) * global_batch]  # global indices
         lr = lr_at(step, total_steps, args.lr, args.warmup_steps, args.lr_schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # Dropout draws from the global RNG: re-seed it from (seed, step, rank) so a resumed run matches.
-        torch.manual_seed(example_generator(args.seed, step, rank, 0).initial_seed())
-        loss_sum = torch.zeros((), device=device)
-        for a in range(args.grad_accum):
-            lo = (a * world + rank) * args.batch_size
-            idx = batch[lo:lo + args.batch_size]
-            ids, ans = make_batch([train[i] for i in idx], pad_to, model.config.eos_token_id, device)
-            t, u = draw_noise(args.seed, step, idx, ans)
-            last = a == args.grad_accum - 1
-            if args.fsdp:  # FSDP's no_sync: keep unsharded gradients until the last micro-step, then reduce-scatter
-                model.set_requires_gradient_sync(last)
-            with loss_fn.no_sync() if ddp and not args.fsdp and not last else nullcontext():  # all-reduce on the last
-                with amp():
-                    per_seq = loss_fn(ids, ans, t, u)  # (B,)
-                # DDP/FSDP average over ranks, so divide by this rank's share: the gradient of the global mean.
-                (per_seq.sum() / (args.batch_size * args.grad_accum)).backward()
-            loss_sum += per_seq.detach().sum()
-        if ddp:
-            dist.all_reduce(loss_sum)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_sum.item() / global_batch
+        loss, grad_norm, pad_to = train_step(loss_fn, model, optimizer, params, train, batch, step, args, rank, world,
+                                             device, amp, ddp)
         dt = time.time() - t0
-        tok_s = global_batch * pad_to / dt
         pbar.update(1)
         if master:
-            tqdm.write(f"step {step + 1:6d}/{total_steps} | loss {loss:.4f} | lr {lr:.3e} | grad norm "
-                       f"{grad_norm.item():.4f} | {tok_s:8.0f} tok/s | {dt * 1000:.0f} ms")
-        record(dict(step=step + 1, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm.item(), seq_len=pad_to,
-                    tok_per_s=tok_s))
+            tqdm.write(f"step {step + 1:6d}/{total_steps} | loss {loss:.4f} | lr {lr:.3e} | grad norm {grad_norm:.4f} "
+                       f"| {global_batch * pad_to / dt:8.0f} tok/s | {dt * 1000:.0f} ms")
+            metrics.write(dict(step=step + 1, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm, seq_len=pad_to,
+                               tok_per_s=global_batch * pad_to / dt))
         done = step + 1 == stop_step
         if args.eval_every > 0 and ((step + 1) % args.eval_every == 0 or done):
-            run_eval(step + 1)
+            validate(step + 1)
         if (args.save_every > 0 and (step + 1) % args.save_every == 0) or done:
-            save(step + 1)
+            state = dict(step=step + 1, epoch=(step + 1) / steps_per_epoch, global_batch=global_batch,
+                         total_steps=total_steps, seed=args.seed, args=vars(args))
+            save_run_checkpoint(out_dir, step + 1, model, optimizer, state, tokenizer, fsdp=args.fsdp, master=master,
+                                base_model=None if args.init_from_scratch else args.model,  # None: saved with it
+                                keep_last=args.keep_last)
+            if ddp:
+                dist.barrier()  # nobody reads a checkpoint before it is complete
     pbar.close()
     if start_step >= stop_step:
         log(f"nothing to do: already at step {start_step} of {stop_step}")
-
-    if args.merge and args.fsdp:  # gathered to rank 0, written there (every rank takes part)
-        save_pretrained_fsdp(model, out_dir / "merged", tokenizer, dtype)
-        log(f"wrote the consolidated model to {out_dir / 'merged'}")
-    elif args.merge and master:
-        if lora:
-            merge_lora(model)
-        model.to(dtype).save_pretrained(out_dir / "merged", tokenizer=tokenizer)
-        log(f"wrote merged model to {out_dir / 'merged'}")
+    finish(args, model, tokenizer, out_dir, dtype, master, log)
     if metrics is not None:
         metrics.close()
     if ddp:
-        dist.barrier()
-        dist.barrier()  # a second one: gloo may still free the last collective's buffers (see eval.py)
-        dist.destroy_process_group()
+        close_distributed()
+
+
+def resume(args, out_dir: Path, model, optimizer, global_batch: int, total_steps: int, log) -> tuple[Path | None, int]:
+    """--resume: restore the weights and AdamW state; returns (the checkpoint or None, the optimizer step reached).
+    The data order and the lr schedule are functions of the step, the global batch and the seed: those must match."""
+    ckpt, state = resume_training(args.resume, out_dir, model, optimizer, args.fsdp)
+    if args.resume == "auto":
+        log(f"resume auto: {ckpt or 'no checkpoint in ' + str(out_dir) + ', starting fresh'}")
+    if state is None:
+        return None, 0
+    for key, value in [("global_batch", global_batch), ("total_steps", total_steps), ("seed", args.seed)]:
+        if state[key] != value:
+            raise ValueError(f"{ckpt} was trained with {key}={state[key]}, this run has {value}: "
+                             "the data order and lr schedule would not continue")
+    log(f"resumed from {ckpt} at step {state['step']}")
+    return ckpt, state["step"]
+
+
+def finish(args, model, tokenizer, out_dir: Path, dtype: torch.dtype, master: bool, log) -> None:
+    """--merge: OUT/merged, a full HF-layout model (LoRA merged in; with FSDP gathered to rank 0)."""
+    if args.merge and args.fsdp:  # every rank takes part
+        save_pretrained_fsdp(model, out_dir / "merged", tokenizer, dtype)
+        log(f"wrote the consolidated model to {out_dir / 'merged'}")
+    elif args.merge and master:
+        if args.lora_r > 0:
+            merge_lora(model)
+        model.to(dtype).save_pretrained(out_dir / "merged", tokenizer=tokenizer)
+        log(f"wrote merged model to {out_dir / 'merged'}")
 
 
 if __name__ == "__main__":

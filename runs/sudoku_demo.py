@@ -40,8 +40,9 @@ import diffu_grpo  # noqa: E402
 import eval as evaluation  # noqa: E402
 import plot  # noqa: E402
 import sft  # noqa: E402
-from model import (COMPACT_CHAT_TEMPLATE, ArgumentParser, LLaDA, bounded, check_out_dir, claim_out_dir,  # noqa: E402
-                   load_tokenizer, make_char_tokenizer, probability, run_cli, save_tokenizer)
+from cli import ArgumentParser, bounded, check_out_dir, probability, run_cli
+from model import COMPACT_CHAT_TEMPLATE, LLaDA, load_tokenizer, make_char_tokenizer, save_tokenizer
+from train_utils import claim_out_dir
 
 # RL sizes in OPTIMIZER steps (diffu_grpo's unit): mu = 4 steps per rollout round, so 80 steps = 20 rounds.
 FULL = dict(sft_examples=48000, sft_epochs=2, rl_prompts=4000, test_items=512, rl_steps=80, eval_every=20, rl_extra=[])

@@ -22,11 +22,13 @@ import bench
 import data
 import diffu_grpo
 import eval as ev
+import cli
 import model
 import plot
 import sample
 import sft
-from model import claim_out_dir, run_cli
+from cli import run_cli
+from train_utils import claim_out_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runs"))
@@ -472,7 +474,7 @@ class FakeWriter:
 
 
 def test_wandb_and_tensorboard_get_the_metrics_jsonl_numbers(sort_jsonl, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(model.importlib.util, "find_spec", lambda name: None)  # neither package installed
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)  # neither package installed
     assert "--wandb p: needs the optional package 'wandb'" in refused(sft.parse_args, ["--wandb", "p"], capsys)
     assert "needs the optional package 'tensorboard'" in refused(diffu_grpo.parse_args, ["--tensorboard", "tb"],
                                                                  capsys)
@@ -481,7 +483,7 @@ def test_wandb_and_tensorboard_get_the_metrics_jsonl_numbers(sort_jsonl, tmp_pat
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
-    monkeypatch.setattr(model.importlib.util, "find_spec", lambda name: object())  # "installed"
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: object())  # "installed"
     FakeWriter.scalars = []
     out = tmp_path / "sft"
     sft.main(sft_args(sort_jsonl, out, "--max-steps", "2", "--eval-every", "1", "--wandb", "proj", "--tensorboard",

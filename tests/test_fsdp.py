@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import (Config, LLaDA, check_memory_budget, is_sharded_checkpoint, load_checkpoint_state,  # noqa: E402
-                   load_sharded_checkpoint, make_char_tokenizer, memory_budget, param_count, preset_config,
-                   shard_fsdp)
+from model import Config, LLaDA, make_char_tokenizer, param_count, preset_config
+from train_utils import (check_memory_budget, is_sharded_checkpoint, load_checkpoint_state, load_sharded_checkpoint,
+                         memory_budget, shard_fsdp)
 from tests.helpers import torchrun  # noqa: E402
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from tests.helpers import ROOT
-from model import (AUTO_MAP, Config, LLaDA, LoRALinear, adapter_base, apply_lora, check_adapter_config,
-                   load_adapter, load_tokenizer, preset_config, resolve_checkpoint, save_adapter,
-                   save_checkpoint, special_ids)
+from model import (AUTO_MAP, Config, LLaDA, LoRALinear, adapter_base, apply_lora, check_adapter_config, load_adapter,
+                   load_tokenizer, preset_config, resolve_checkpoint, save_adapter, special_ids)
+from train_utils import save_checkpoint
 
 STUB_CONFIG = """
 from transformers import PretrainedConfig

@@ -10,8 +10,9 @@ import torch
 
 import model as model_module
 from bench import RL_TARGETS
-from model import (LORA_TARGETS, Config, LLaDA, LoRALinear, OutputHead, apply_lora, checkpoint_key, lora_modules,
-                   make_char_tokenizer, memory_budget, param_count, peft_key, preset_config)
+from model import (Config, LLaDA, LORA_TARGETS, LoRALinear, OutputHead, apply_lora, checkpoint_key, lora_modules,
+                   make_char_tokenizer, param_count, peft_key, preset_config)
+from train_utils import memory_budget
 from sample import generate
 from sft import sft_loss
 
