@@ -714,7 +714,7 @@ def report(study: dict) -> str:
 
 
 def main(argv=None):
-    from model import ArgumentParser, bounded, check_out_dir, check_paths, run_cli  # noqa: F401
+    from cli import ArgumentParser, bounded, check_out_dir, check_paths
     p = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--out-dir", default="out/estimator",
@@ -753,5 +753,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from model import run_cli
+    from cli import run_cli
     run_cli(main)
