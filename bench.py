@@ -14,10 +14,14 @@ One command per measurement; each prints a markdown table.
 
 How figures are taken: every figure is the median of --repeats timed runs after --warmup untimed ones
 (a warm-up runs the same shapes with one denoising step per block, and mu=1 for the GRPO step). The sampler
-modes run interleaved (repeat 1 of every mode, then repeat 2, ...) in one process, and each speed-up is the
-median over repeats of that repeat's ratio, so the drift of a shared machine hits all modes alike.
+modes run interleaved (repeat 1 of every mode, then repeat 2 in reverse order, ...) in one process, and each
+speed-up is the median over repeats of that repeat's ratio, so the drift of a shared machine hits all modes
+alike; on a CPU with one thread the sampler's times are process CPU time, which other jobs do not inflate.
 - tokens/s: completion tokens (sampler, GRPO generation) or trained tokens (SFT, GRPO updates) per second;
-- ms/step: wall time per model call (one denoising step of the whole batch; of one prompt for the reference);
+- ms/step: time per model call (one denoising step of a whole batch; the reference decodes the same
+  batches, with the same padding mask: every sampler ratio is at equal batch);
+- model calls: forwards over all batches (threshold modes stop a block early; the fixed-floor rule never
+  calls more often than the schedule, Fast-dLLM's "+any" rule can);
 - agreement: fraction of completion tokens equal to the exact sampler's on the same prompts and noise;
 - peak memory: torch.cuda.max_memory_allocated of the figure on a GPU; on a CPU the process's peak RSS so far
   (monotone: it includes whatever ran before in the process);
@@ -28,7 +32,8 @@ median over repeats of that repeat's ratio, so the drift of a shared machine hit
   not counted.
 Random weights (no --model): prompts are random token ids of random lengths in [3/4, 1] x --prompt-length,
 left-padded with an attention mask (as in RL). On random weights no confidence reaches a 0.9 threshold, so
-threshold modes commit one token per step there: their speed needs a trained model (--model).
+the threshold modes commit what the schedule commits (fixed-floor rule) or one token per step (+any): their speed
+needs a trained model (--model).
 --prompts FILE: one user message per line, or JSONL rows {"prompt": ...} with "answer" (accuracy = exact match
 of the completion text) or "task" + "target" (accuracy = rewards.eval_score), chat-templated like eval.py.
 
@@ -81,21 +86,24 @@ from model import (LLaDA, LoRALinear, apply_lora, example_generator, load_adapte
                    param_count, preset_config)
 from train_utils import memory_budget
 from sample import generate, left_pad
-from tests.reference_sampler import reference_generate  # the literal one-prompt oracle of the tests
+from tests.reference_sampler import reference_generate  # the literal batched oracle of the tests
 
 # Per preset: model, device, sizes. Flags override each value.
 PRESETS = {
     "tiny": dict(arch="tiny", device="cpu", dtype="float32", repeats=5, warmup=1,
-                 batch=8, prompt_length=32, gen_length=64, block_length=16, steps=32, ref_rows=8,
+                 batch=8, prompt_length=32, gen_length=64, block_length=16, steps=32,
                  prompts_per_step=2, num_generations=4, gen_batch_size=8, micro_batch_size=4, mu=2,
                  grpo_lora_r=8, grpo_lora_alpha=4.0, sft_batch=4, sft_length=256, sft_lora_r=8, sft_lora_alpha=16.0),
     "llada-8b": dict(arch="llada-8b", device="cuda", dtype="bfloat16", repeats=3, warmup=1,
-                     batch=96, prompt_length=200, gen_length=256, block_length=32, steps=128, ref_rows=1,
+                     batch=96, prompt_length=200, gen_length=256, block_length=32, steps=128,
                      prompts_per_step=16, num_generations=6, gen_batch_size=48, micro_batch_size=6, mu=12,
                      grpo_lora_r=128, grpo_lora_alpha=64.0, sft_batch=1, sft_length=4096, sft_lora_r=128,
                      sft_lora_alpha=256.0),
 }
-SAMPLER_MODES = ("reference", "exact", "prefix", "dual", "threshold", "prefix+threshold", "dual+threshold")
+# "+any": the threshold modes with Fast-dLLM's rule (every position above the threshold, at least one per step)
+# instead of the default fixed-floor rule (max(scheduled k, count above the threshold)).
+SAMPLER_MODES = ("reference", "exact", "prefix", "dual", "threshold", "threshold+any", "prefix+threshold",
+                 "dual+threshold", "dual+threshold+any")
 # Peak dense bf16 FLOP/s (no sparsity) by GPU name; --peak-flops overrides.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
@@ -249,46 +257,58 @@ def score(rows: list[dict], texts: list[str]) -> float | None:
 # sampler
 
 
-def parse_mode(mode: str, threshold: float) -> tuple[str, float | None]:
-    """'exact' | 'prefix' | 'dual' | 'threshold' | 'prefix+threshold' | 'dual+threshold' -> generate's
-    (cache, threshold) arguments."""
+def parse_mode(mode: str, threshold: float) -> tuple[str, float | None, str]:
+    """'exact' | 'prefix' | 'dual' | '[prefix+|dual+]threshold[+any]' -> generate's (cache, threshold,
+    threshold_rule) arguments."""
     parts = mode.split("+")
     cache = parts[0] if parts[0] in ("prefix", "dual") else "none"
-    return cache, (threshold if "threshold" in parts else None)
+    return cache, (threshold if "threshold" in parts else None), ("any" if "any" in parts else "fixed-floor")
 
 
 def sample_mode(model, batches, mode: str, steps: int, opts) -> torch.Tensor:
     """Completions (rows, gen_length) of one sampler mode over `batches` [(row indices, ids, attention mask)].
     Row i draws its noise from its own generator seeded from (opts.seed, i): the same in every mode, so modes
-    can be compared token by token. opts: seed, gen_length, block_length, temperature, threshold."""
-    cache, threshold = parse_mode(mode, opts.threshold)
+    can be compared token by token. "reference" is tests/reference_sampler.py on the same batches (equal batch,
+    same padding mask; its noise is one generator per batch). opts: seed, gen_length, block_length, temperature,
+    threshold."""
     outs = []
     for idx, ids, am in batches:
-        gens = [torch.Generator(ids.device).manual_seed(opts.seed * 100003 + i) for i in idx]  # one per row
-        out = generate(model, ids, am, steps=steps, gen_length=opts.gen_length, block_length=opts.block_length,
-                       temperature=opts.temperature, generator=gens, threshold=threshold, cache=cache)
+        if mode == "reference":
+            g = torch.Generator(ids.device).manual_seed(opts.seed * 100003 + idx[0])
+            out = reference_generate(model, ids, steps, opts.gen_length, opts.block_length, opts.temperature,
+                                     generator=g, attention_mask=am)
+        else:
+            cache, threshold, rule = parse_mode(mode, opts.threshold)
+            gens = [torch.Generator(ids.device).manual_seed(opts.seed * 100003 + i) for i in idx]  # one per row
+            out = generate(model, ids, am, steps=steps, gen_length=opts.gen_length, block_length=opts.block_length,
+                           temperature=opts.temperature, generator=gens, threshold=threshold, cache=cache,
+                           threshold_rule=rule)
         outs.append(out[:, -opts.gen_length:])
     return torch.cat(outs)
 
 
 def interleaved(run, modes, steps: int, repeats: int, counter: CallCounter, device, res: dict | None = None,
-                fits=None) -> dict:
-    """Time run(mode, steps) for every mode: repeat 1 of each mode, then repeat 2, ... (so the drift of a shared
-    machine hits all modes alike). Returns {mode: dict(times=[seconds, ...], calls, flops, peak_mib, output)},
-    filled run by run into `res` when given (a time-boxed caller keeps what finished). fits(seconds) -> bool:
-    whether one more repeat, as long as the last one, may start (None: always)."""
+                fits=None, clock=time.perf_counter) -> dict:
+    """Time run(mode, steps) for every mode: repeat 1 of each mode, then repeat 2, ..., the order reversed every
+    other repeat (so the drift of a shared machine hits all modes alike, and no mode always runs first). Returns
+    {mode: dict(times=[seconds, ...], calls, flops, peak_mib, output)}, filled run by run into `res` when given (a
+    time-boxed caller keeps what finished). fits(seconds) -> bool: whether one more repeat, as long as the last
+    one, may start (None: always). clock: time.perf_counter (wall) or time.process_time (CPU, one thread)."""
     res = {} if res is None else res
     last = 0.0
     for r in range(repeats):
         if r and fits is not None and not fits(last):
             break
         t_repeat = time.perf_counter()
-        for mode in modes:
+        for mode in modes if r % 2 == 0 else modes[::-1]:
             counter.reset()
             reset_peak(device)
-            out, dt = timed(lambda: run(mode, steps), device)
+            sync(device)
+            t0 = clock()
+            out = run(mode, steps)
+            sync(device)
             entry = res.setdefault(mode, dict(times=[]))
-            entry["times"].append(dt)
+            entry["times"].append(clock() - t0)
             entry.update(calls=counter.calls, flops=counter.flops, peak_mib=peak_mib(device), output=out)
         last = time.perf_counter() - t_repeat
     return res
@@ -309,7 +329,6 @@ def bench_sampler(args):
         rows = [{} for _ in range(args.batch)]
         prompts = random_prompts(cfg, args.batch, args.prompt_length, args.seed)
     n = len(prompts)
-    ref_rows = min(args.ref_rows, n)
     batches = []  # (row indices, ids, attention mask)
     for r in range(0, n, args.batch):
         ids, am = left_pad(prompts[r:r + args.batch], cfg.pad_token_id, device)
@@ -321,23 +340,23 @@ def bench_sampler(args):
     counter = CallCounter(model)
 
     def run(mode: str, steps: int) -> torch.Tensor:
-        """Completions (rows, G) of one mode over all prompts (the reference: the first ref_rows, one at a time)."""
-        if mode == "reference":
-            g = torch.Generator(device).manual_seed(args.seed)
-            return torch.cat([reference_generate(model, torch.tensor([prompts[i]], device=device), steps, G, bl, T,
-                                                 generator=g)[:, -G:] for i in range(ref_rows)])
+        """Completions (rows, G) of one mode over all prompts, in the same batches for every mode (the reference
+        included: equal batch, same padding mask)."""
         return sample_mode(model, batches, mode, steps, args)
 
     for _ in range(args.warmup):
         for mode in modes:
             run(mode, G // bl)
-    res = interleaved(run, modes, args.steps, args.repeats, counter, device)
+    # With one CPU thread the figures are the process's CPU time: other jobs on shared cores inflate wall time,
+    # not CPU time. Otherwise (GPU, several threads) wall time.
+    cpu_clock = torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+    res = interleaved(run, modes, args.steps, args.repeats, counter, device,
+                      clock=time.process_time if cpu_clock else time.perf_counter)
     times = {m: res[m]["times"] for m in modes}
     calls, flops = {m: res[m]["calls"] for m in modes}, {m: res[m]["flops"] for m in modes}
     peak, outputs = {m: res[m]["peak_mib"] for m in modes}, {m: res[m]["output"] for m in modes}
 
-    rows_of = {m: ref_rows if m == "reference" else n for m in modes}
-    per_token = {m: [t / (rows_of[m] * G) for t in times[m]] for m in modes}  # seconds per completion token
+    per_token = {m: [t / (n * G) for t in times[m]] for m in modes}  # seconds per completion token
 
     def speedup(m, base):
         if base not in modes:
@@ -352,22 +371,23 @@ def bench_sampler(args):
         if m == "exact":
             agree = 1.0
         elif "exact" in modes and (m != "reference" or T == 0):
-            k = len(outputs[m])
-            agree = (outputs[m] == outputs["exact"][:k]).float().mean().item()
+            agree = (outputs[m] == outputs["exact"]).float().mean().item()
         else:
             agree = None  # the reference draws its noise differently: no token agreement at temperature > 0
-        acc = score(rows[:rows_of[m]], texts[m]) if texts[m] is not None else None
+        acc = score(rows, texts[m]) if texts[m] is not None else None
         mfu = flops[m] / t / peak_flops if peak_flops else None
-        out_rows.append([m, str(rows_of[m]), str(calls[m]), fmt(1e3 * t / max(calls[m], 1), ".2f"),
-                         fmt(rows_of[m] * G / t, ".1f"), fmt(speedup(m, "reference"), ".2f"),
+        out_rows.append([m, str(calls[m]), fmt(1e3 * t / max(calls[m], 1), ".2f"),
+                         fmt(n * G / t, ".1f"), fmt(speedup(m, "reference"), ".2f"),
                          fmt(speedup(m, "exact"), ".2f"), fmt(None if agree is None else 100 * agree, ".1f"),
                          fmt(None if acc is None else 100 * acc, ".1f"), fmt(peak[m], ".0f"),
                          fmt(None if mfu is None else 100 * mfu, ".1f")])
     print(header(args, "sampler", desc) + f"\n{n} prompts" + (f" from {args.prompts}" if args.prompts else
           f" of {max(1, 3 * args.prompt_length // 4)}-{args.prompt_length} random tokens (left-padded)")
           + f", batch {args.batch}, gen length {G}, block {bl}, {args.steps} steps, temperature {T}, "
-          f"threshold {args.threshold}; reference: first {ref_rows} prompt(s), one at a time\n")
-    print(table(["mode", "rows", "model calls", "ms/step", "tokens/s", "x vs reference", "x vs exact",
+          f"threshold {args.threshold}; reference: tests/reference_sampler.py on the same batches (equal batch, "
+          f"same padding mask); +any: Fast-dLLM's threshold rule, else fixed-floor; times: "
+          f"{'process CPU time (1 thread)' if cpu_clock else 'wall clock'}\n")
+    print(table(["mode", "model calls", "ms/step", "tokens/s", "x vs reference", "x vs exact",
                  "agreement w/ exact (%)", "accuracy (%)", "peak MiB", "MFU (%)"], out_rows))
 
 
@@ -871,9 +891,9 @@ def section_sampler(rep: Report, rec: dict):
                          fmt(x, ".2f"), pct(mfu), pct(of_mm), pct(agree), size(d["peak_bytes"]), str(len(e["times"]))])
             rec["summary"].append([f"sampler {mode}: tokens/s ({n} rows, {S['steps']} steps)", fmt(n * G / t, ".1f"),
                                    f"MFU {pct(mfu)}%"])
-        rec["notes"].append("Random weights: no confidence reaches 0.9, so the threshold mode commits one token per "
-                            "step (gen length model calls): a worst case. Its speed on a trained model needs "
-                            "`bench.py sampler --model`.")
+        rec["notes"].append("Random weights: no confidence reaches 0.9, so the threshold mode (the fixed-floor rule: "
+                            "max(scheduled k, count above it)) commits the schedule's tokens and makes as many model "
+                            "calls as exact. Its gain on a trained model needs `bench.py sampler --model`.")
 
 
 def section_grpo(rep: Report, rec: dict):
@@ -1260,8 +1280,6 @@ def parse_args(argv=None):
     s = sub.add_parser("sampler", parents=[common], help="reference vs exact vs fast sampler modes")
     s.add_argument("--batch", type=positive_int, default=None,
                    help="prompts per sampler call (random prompts: also their number)")
-    s.add_argument("--ref-rows", type=positive_int, default=None,
-                   help="prompts the (slow, one-at-a-time) reference decodes")
     s.add_argument("--modes", default=",".join(SAMPLER_MODES), help=f"comma-separated subset of {SAMPLER_MODES}")
     s.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (evaluation); d1 rollouts: 0.9")
     s.add_argument("--prompts", default=None, help="prompt file (text lines or JSONL, see above)")
@@ -1334,7 +1352,7 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, preset[k])
     per_command = {
-        "sampler": dict(batch="batch", ref_rows="ref_rows"),
+        "sampler": dict(batch="batch"),
         "grpo-step": dict(prompts_per_step="prompts_per_step", num_generations="num_generations",
                           gen_batch_size="gen_batch_size", micro_batch_size="micro_batch_size", mu="mu",
                           lora_r="grpo_lora_r", lora_alpha="grpo_lora_alpha"),

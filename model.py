@@ -162,19 +162,20 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
-    """positions (B, L) integer -> cos, sin (B, 1, L, head_dim) in fp32 ("rotate half" layout)."""
+    """positions (B, L) integer -> cos, sin (B, 1, L, head_dim) in fp32 ("rotate half" layout), with the sign of
+    the rotation folded into sin: sin = [-sin(angles), sin(angles)] (see apply_rope)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.float()[..., None] * inv_freq  # (B, L, head_dim/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (B, L, head_dim)
-    return angles.cos()[:, None], angles.sin()[:, None]
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1)[:, None], torch.cat([-sin, sin], dim=-1)[:, None]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, L, hd): rotate in fp32, cast back."""
+    """x (B, H, L, hd): x * cos + rotate_half(x) * sin(angles) in fp32, cast back. rotate_half(x) = [-x2, x1] for
+    the halves x1, x2; written as roll(x) = [x2, x1] times the signed sin of rope_cos_sin: the same products
+    bit for bit, without a negation and a cat per call."""
     xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (xf * cos + rotated * sin).to(x.dtype)
+    return (xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * sin).to(x.dtype)
 
 
 class Block(nn.Module):
@@ -294,12 +295,25 @@ class LLaDA(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=g, device=device) * s)
         return self
 
+    def rope(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """RoPE cos, sin (B, 1, L, head_dim) fp32 for the layout of input_ids (B, L) and attention_mask (B, L).
+        Positions count real tokens only, so a left-padded prompt sees the same angles as unpadded. A caller that
+        runs one layout many times (the sampler: every denoising step) computes them once and passes them as
+        `rope=` to forward / hidden_states, instead of recomputing them in every call."""
+        B, L = input_ids.shape
+        if attention_mask is None:
+            positions = torch.arange(L, device=input_ids.device).expand(B, L)
+        else:
+            positions = (attention_mask.bool().long().cumsum(-1) - 1).clamp(min=0)
+        return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      kv_cache: KVCache | None = None) -> torch.Tensor:
+                      kv_cache: KVCache | None = None, rope: tuple | None = None) -> torch.Tensor:
         """input_ids (B, L), attention_mask (B, L) 1 = real token, 0 = padding -> final hidden (B, L, D).
+        rope: self.rope(input_ids, attention_mask) computed once by the caller (None: computed here).
         kv_cache (sampler fast modes, see KVCache): empty = run as usual and fill it; filled = input_ids (B, W)
         are the tokens of positions [kv_cache.start, kv_cache.start + W) of the cached sequence, whose RoPE
-        angles and padding mask come from the cache (attention_mask is then ignored) -> (B, W, D)."""
+        angles and padding mask come from the cache (attention_mask and rope are then ignored) -> (B, W, D)."""
         B, L = input_ids.shape
         if kv_cache is not None and kv_cache.filled:
             a = kv_cache.start
@@ -308,15 +322,13 @@ class LLaDA(nn.Module):
             cos, sin = kv_cache.cos[:, :, a:a + L], kv_cache.sin[:, :, a:a + L]
             attn_mask = kv_cache.attn_mask  # keys: the whole cached sequence
         else:
-            if attention_mask is None:
-                positions = torch.arange(L, device=input_ids.device).expand(B, L)
-                attn_mask = None
-            else:
-                # Positions count real tokens only, so a left-padded prompt sees the same RoPE angles as unpadded.
-                attention_mask = attention_mask.bool()
-                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-                attn_mask = attention_mask[:, None, None, :]  # (B, 1, 1, L): mask padding KEYS only
-            cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+            # (B, 1, 1, L): mask padding KEYS only; None = attend to all
+            attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+            if rope is None:
+                rope = self.rope(input_ids, attention_mask)
+            elif rope[0].shape[0] != B or rope[0].shape[2] != L:
+                raise ValueError(f"rope is for (B, L) = ({rope[0].shape[0]}, {rope[0].shape[2]}), input_ids are {(B, L)}")
+            cos, sin = rope
             if kv_cache is not None:
                 kv_cache.cos, kv_cache.sin, kv_cache.attn_mask = cos, sin, attn_mask
         x = self.transformer.wte(input_ids)
@@ -333,12 +345,12 @@ class LLaDA(nn.Module):
         return self.transformer.ff_out(h, fp32=fp32)[..., : self.config.vocab_size]
 
     def forward(self, input_ids, attention_mask=None, positions: slice | torch.Tensor | None = None,
-                return_hidden: bool = False, kv_cache: KVCache | None = None):
+                return_hidden: bool = False, kv_cache: KVCache | None = None, rope: tuple | None = None):
         """Logits (B, L, V), or (B, P, V) for `positions` (a slice or 1-D index tensor along the sequence).
         return_hidden=True returns the final hidden states (B, P, D) instead, for callers that apply the head in
-        chunks (going through forward keeps DDP/FSDP hooks intact). kv_cache: see hidden_states; `positions`
+        chunks (going through forward keeps DDP/FSDP hooks intact). kv_cache, rope: see hidden_states; `positions`
         index the tokens passed in (with a filled cache: relative to kv_cache.start)."""
-        h = self.hidden_states(input_ids, attention_mask, kv_cache)
+        h = self.hidden_states(input_ids, attention_mask, kv_cache, rope)
         if positions is not None:
             h = h[:, positions]
         return h if return_hidden else self.head(h)

@@ -2,25 +2,52 @@
 
 The completion starts as `gen_length` [MASK] tokens after the prompt and is decoded in blocks of
 `block_length`, left to right (semi-autoregressive). Each block gets steps/num_blocks denoising steps; each
-step runs the model once, proposes a token for every masked position of the block (argmax of the logits,
-with Gumbel noise at temperature > 0), and commits the k most confident proposals, k from a fixed schedule.
+step runs the model once, proposes a token for every masked position of the block (the argmax of the logits,
+or at temperature T > 0 a draw from softmax(logits / T)), and commits the k most confident proposals, k from a
+fixed schedule (confidence = the softmax probability of the proposal under the raw logits).
 
-Exactly the reference algorithm (llada.md), with these implementation choices that do not change outputs:
-- the output head runs only on the current block's positions (the 126k-vocab head is the largest activation);
-- the Gumbel-max trick is written in log space, argmax(logits - T*log(-log u)), which equals the reference's
-  argmax(exp(logits) / (-log u)^T) without overflowing exp(); noise and confidences in float64;
-- `generator` may be a list with one torch.Generator per row: a row's samples then do not depend on which
-  other rows share its batch (batched == one at a time; N processes == 1 process);
-- CPU generators (model.example_generator) may drive sampling on a GPU: each seeds a generator on the GPU
-  from its own stream (so a row's samples still depend only on its generator);
+Exactly the reference algorithm (llada.md; tests/reference_sampler.py), with these implementation choices:
+- the output head runs only on the current block, the proposal and the confidence only on its positions still
+  masked (the 126k-vocab head is the largest activation; a committed position needs no proposal);
+- RoPE cos/sin are computed once per generate (model.rope) and passed to every forward;
+- the draw at T > 0 is the reference's Gumbel-max trick, written in log space: argmax(l - T log(-log u)) =
+  argmax(exp(l) / (-log u)^T) without overflowing exp(), u uniform, in float64 and in place (no float64 copy of
+  the logits);
+- `generator` may be a list with one torch.Generator per row: row i's noise for a step is ONE call on its own
+  generator for its own masked positions (rows with nothing masked draw nothing), so a row's samples do not
+  depend on which other rows share its batch (batched == one at a time; N processes == 1 process). A single
+  generator draws the whole step in one call. CPU generators (model.example_generator) may drive sampling on a
+  GPU: each seeds a generator on the GPU from its own stream (a row's samples still depend only on its generator);
+- `remasking="random"`: confidence 1 - u, one more uniform per position;
 - a step whose schedule commits nothing in any row is skipped (it cannot change the state);
-- the step loop makes no host-device sync (the block's commit schedule goes to the device once per block,
-  commits are written with torch.where, not boolean indexing) and reuses one buffer for classifier-free
-  guidance.
+- the step loop makes one host-device sync, for the masked counts per row (they size the per-row noise draws
+  and the gather of the masked positions); the block's schedule goes to the device once per block, commits
+  are written with torch.where, classifier-free guidance reuses one buffer.
+Numerics (float64 vs fp32; previous version: float64 Gumbel noise for every block position, float64
+probabilities from a float64 copy of the logits):
+- the draw: float64, the same expression as before (the Gumbel-max trick degrades in low precision); same law,
+  another random stream (noise for the masked positions only): sampled completions differ from the previous
+  version's for the same seed. Two alternatives were measured and left: Exp(1) draws with one log per element
+  (torch's CPU exponential_ is 4x slower than rand, 2.3x slower than rand and two logs), and an inverse-CDF draw
+  with one uniform per position (its choice moves with a last-bit change of the logits anywhere in the cumulative
+  sum, ~10-20x more often than Gumbel-max's, enough to break batched == one at a time, whose logits differ in the
+  last bit through padding);
+- the confidence: fp32 element-wise work (one exp and one sum per vocabulary entry of the fp32 logits, where the
+  previous version made a float64 copy), ranked as a LOG-probability -log1p(r), with r the sum over the other
+  tokens v of exp(l_v - l_proposal): summed WITHOUT the proposal's own term, so r keeps fp32's relative precision
+  however small it is, and the log of the per-position sum taken in float64. The reference ranks the float64
+  probabilities 1 / (1 + r); the orders agree except where two positions' r agree to ~1e-7 relative, the
+  rounding of the fp32 logits themselves (bf16 logits are far coarser), where neither order means anything.
+  Plain fp32 probabilities would not do: 1 / (1 + r) rounds to 1.0 for every r < 6e-8, tying most positions of a
+  confident model (float64 ties only below r = 1e-16; there the reference's order is its top-k tie-break, ours
+  follows r). Greedy completions are token for token the reference's and the previous version's (tests; also
+  random models with 2k-126k vocabularies, whose near-uniform confidences are the hardest case).
 Opt-in fast modes (Fast-dLLM's; both change outputs, both OFF by default):
-- `threshold` commits every masked position whose confidence exceeds it (at least one per step) and stops a
-  block as soon as every row has decoded it (parallel decoding; one sync per step to detect the end of a
-  block; rows already done draw no noise, so batched == one at a time holds here too);
+- `threshold` (parallel decoding): each step also commits every masked position whose confidence exceeds
+  it. threshold_rule="fixed-floor" (default) commits max(scheduled k, count above threshold) per row, so it
+  never makes more model calls than the fixed schedule; "any" is Fast-dLLM's rule: every position above the
+  threshold, at least one per step, until the block is decoded (on a model with low confidences that can
+  take more calls than the schedule). Both stop a block as soon as every row has decoded it;
 - `cache="prefix"`: the first step of each block runs the whole sequence and stores every layer's keys and
   values (model.KVCache); the block's other steps run only the block and the positions after it, attending to
   the stored keys/values of the prompt and finished blocks (stale within the block: an approximation).
@@ -33,9 +60,11 @@ CLI: python sample.py --model GSAI-ML/LLaDA-8B-Instruct --prompt "What is 7 * 8?
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
+import torch.nn.functional as F
 
 from cli import (ArgumentParser, HelpFormatter, check_model_arg, check_paths, nonneg_float, positive_int, probability,
                  resolve_device, run_cli)
@@ -43,6 +72,10 @@ from model import KVCache
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
+THRESHOLD_RULES = ("fixed-floor", "any")
+# Masked positions are proposed in groups of batch rows whose float64 noise stays under this many elements
+# (~1 GB; all masked positions of 96 rows x block 32 x 126k vocabulary would be 3 GB).
+CHUNK_ELEMENTS = 2**27
 
 
 def num_transfer_tokens(masked_count: list[int], steps: int) -> list[list[int]]:
@@ -53,51 +86,96 @@ def num_transfer_tokens(masked_count: list[int], steps: int) -> list[list[int]]:
 
 def _on_device(g, device: torch.device):
     """g itself, or for a generator on another device (a CPU generator keyed on the example, sampling on a GPU) a
-    generator on `device` seeded from g's stream: drawing the float64 noise (rows x block x vocab per step) on the
+    generator on `device` seeded from g's stream: drawing the float64 noise (positions x vocab per step) on the
     CPU and copying it over would cost more than the forward, and torch refuses a CPU generator for GPU draws."""
     if g is None or g.device.type == device.type:
         return g
     return torch.Generator(device).manual_seed(int(torch.randint(2**62, (), generator=g)))
 
 
-def _row_generators(generator, batch: int, device: torch.device):
+def row_generators(generator, batch: int, device: torch.device):
+    """A list with one generator per row (keyed draws), or one generator (or None) for the whole batch."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch} rows")
         return [_on_device(g, device) for g in generator]
-    return _on_device(generator, device)  # one torch.Generator (or None) for the whole batch
+    return _on_device(generator, device)
 
 
-def _rand(shape, gens, device):
-    """float64 uniforms of shape (B, ...): per row from its own generator when given a list."""
-    if isinstance(gens, list):
-        return torch.stack([torch.rand(shape[1:], generator=g, device=device, dtype=torch.float64) for g in gens])
-    return torch.rand(shape, generator=gens, device=device, dtype=torch.float64)
+def uniforms(gens, counts: list[int], width: int, device) -> torch.Tensor:
+    """float64 uniforms in [0, 1), `width` per masked position, rows one after another: (sum(counts), width). With
+    a list of generators row i's counts[i] positions come from gens[i] in one call (nothing for a row without
+    masked positions), so a row's noise does not depend on its batch-mates; one call with a single generator."""
+    out = torch.empty(sum(counts), width, dtype=torch.float64, device=device)
+    if not isinstance(gens, list):
+        return out.uniform_(generator=gens)
+    a = 0
+    for g, c in zip(gens, counts):
+        if c:
+            out[a:a + c].uniform_(generator=g)  # contiguous rows: the values torch.rand((c, width)) would get
+            a += c
+    return out
 
 
-def propose(logits: torch.Tensor, temperature: float, remasking: str, gens) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (B, N, V) -> candidate tokens (B, N) and their confidences (B, N) float64."""
-    B, N, V = logits.shape
-    # Process rows in chunks so the float64 copy of the logits stays under ~1 GB (96 rows x 32 x 126k at 8B).
-    chunk = max(1, 2**27 // (N * V))
-    x0s, confs = [], []
-    for r in range(0, B, chunk):
-        lg = logits[r:r + chunk]
-        g = gens[r:r + chunk] if isinstance(gens, list) else gens
-        l64 = lg.double() if (temperature > 0 or remasking == "low_confidence") else None
-        if temperature > 0:
-            u = _rand(l64.shape, g, lg.device)
-            x0 = (l64 - temperature * torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max in float64
-        else:
-            x0 = lg.argmax(-1)
-        if remasking == "low_confidence":
-            # softmax probability of the candidate under the RAW logits (no noise, no temperature)
-            conf = (l64.gather(-1, x0[..., None]).squeeze(-1) - torch.logsumexp(l64, -1)).exp()
-        else:
-            conf = _rand(x0.shape, g, lg.device)
+def row_chunks(counts: list[int], width: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges [r0, r1) whose sum(counts) * width stays under CHUNK_ELEMENTS (one row at least)."""
+    chunks, r0, size = [], 0, 0
+    for r, c in enumerate(counts):
+        if r > r0 and (size + c) * width > CHUNK_ELEMENTS:
+            chunks.append((r0, r))
+            r0, size = r, 0
+        size += c
+    return chunks + [(r0, len(counts))]
+
+
+def propose(logits: torch.Tensor, temperature: float,
+            noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (n, V) of n masked positions -> candidate tokens (n,) and their log-confidence (n,) float64,
+    log softmax(logits)[candidate] under the RAW logits (no temperature), from fp32 sums (see the file docstring).
+    temperature 0: the argmax. temperature > 0: the Gumbel-max draw argmax(l - T log(-log u)) in float64 with the
+    uniforms u = noise (n, V) (overwritten): the reference's argmax(exp(l) / (-log u)^T) in log space, with no
+    exp() to overflow."""
+    lf = logits.float()  # (n, V)
+    lmax, x0 = lf.max(-1)  # (n,): the first maximal index, like argmax
+    if temperature > 0:
+        x0 = noise.log_().neg_().log_().mul_(-temperature).add_(lf).argmax(-1)  # in place, float64
+    # r = sum over v != x0 of exp(l_v - l_x0) = exp(lmax - l_x0) * s: s summed in fp32 WITHOUT the proposal's own
+    # term (a tiny r keeps its relative precision; 1 + r would round to 1), then log r and the log-confidence
+    # -log(1 + r) in float64 on the (n,) sums, so no rounding of log r (~12 for a flat 126k vocabulary) is added.
+    e = (lf - lmax[:, None]).exp_().scatter_(-1, x0[:, None], 0.0)  # (n, V) fp32 in [0, 1]
+    log_r = e.sum(-1).double().log_()  # (n,) float64
+    if temperature > 0:  # x0 is not always the argmax: add lmax - l_x0 (exact in float64)
+        log_r += lmax.double() - lf.gather(-1, x0[:, None]).squeeze(1).double()
+    return x0, -F.softplus(log_r)  # log(1 / (1 + r)), accurate for tiny r
+
+
+def propose_rows(logits: torch.Tensor, counts: list[int], temperature: float, remasking: str,
+                 gens) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (n, V) of the masked positions of consecutive rows, counts[i] of row i -> propose()'s proposals (n,)
+    and log-confidences (n,) float64, with each row's noise from its own generator, in chunks of rows whose noise
+    stays under CHUNK_ELEMENTS."""
+    V = logits.shape[1]
+    # Uniforms per position: V for the Gumbel-max proposal at T > 0, 1 for the confidence of random remasking.
+    width = (V if temperature > 0 else 0) + (remasking == "random")
+    x0s, confs, a = [], [], 0
+    for r0, r1 in row_chunks(counts, max(width, V)):
+        z = a + sum(counts[r0:r1])  # the positions of rows [r0, r1) are logits[a:z]
+        noise = uniforms(gens[r0:r1] if isinstance(gens, list) else gens, counts[r0:r1], width,
+                         logits.device) if width else None  # (z - a, width)
+        x0, conf = propose(logits[a:z], temperature, noise[:, :V] if temperature > 0 else None)
         x0s.append(x0)
-        confs.append(conf)
-    return torch.cat(x0s), torch.cat(confs)
+        # random remasking: log(1 - u), the log of a uniform confidence in (0, 1] (finite, unlike log u at u = 0)
+        confs.append(torch.log1p(-noise[:, -1]) if remasking == "random" else conf)
+        a = z
+    return (x0s[0], confs[0]) if len(x0s) == 1 else (torch.cat(x0s), torch.cat(confs))
+
+
+def commit_mask(score: torch.Tensor, k: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """score (B, N) (-inf where not masked), k (B,) -> bool (B, N): each row's k highest-scoring masked positions
+    (ties: the lower index first)."""
+    order = score.argsort(dim=1, descending=True, stable=True)  # (B, N)
+    rank_ok = torch.arange(score.shape[1], device=score.device) < k[:, None]  # (B, N): rank r is taken if r < k
+    return torch.zeros_like(masked).scatter_(1, order, rank_ok) & masked
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +189,8 @@ def left_pad(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Te
     return ids.to(device), mask.to(device)
 
 
-def check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache="none"):
+def check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache="none", threshold=None,
+               threshold_rule="fixed-floor"):
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
@@ -126,6 +205,10 @@ def check_args(prompt, gen_length, block_length, steps, remasking, temperature, 
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if threshold is not None and threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {threshold_rule!r}")
     return num_blocks, steps // num_blocks
 
 
@@ -133,16 +216,19 @@ def check_args(prompt, gen_length, block_length, steps, remasking, temperature, 
 def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = None, steps: int = 128,
              gen_length: int = 128, block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", mask_id: int | None = None, generator=None,
-             threshold: float | None = None, cache: str = "none") -> torch.Tensor:
+             threshold: float | None = None, cache: str = "none", threshold_rule: str = "fixed-floor") -> torch.Tensor:
     """Sample completions. prompt (B, P) left-padded ids, attention_mask (B, P) 1 = real token.
-    Returns (B, P + gen_length): the prompt followed by the completion (no MASK left).
-    Fast modes (approximate, off by default): threshold (parallel decoding), cache "prefix" | "dual"."""
-    num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache)
+    Returns (B, P + gen_length): the prompt followed by the completion (no MASK left, unless the model proposes
+    the [MASK] token itself: committing it leaves the position masked, as in the reference).
+    Fast modes (approximate, off by default): threshold (parallel decoding, see threshold_rule), cache "prefix" |
+    "dual"."""
+    num_blocks, steps_per_block = check_args(prompt, gen_length, block_length, steps, remasking, temperature, cache,
+                                             threshold, threshold_rule)
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
     L = P + gen_length
     device = prompt.device
-    gens = _row_generators(generator, B, device)
+    gens = row_generators(generator, B, device)
     # Classifier-free guidance runs the conditional rows and, below them, the same rows with the prompt hidden:
     # one (2B, L) buffer whose first half IS the state x (a view), the second half refreshed each step.
     xx = torch.full((2 * B if cfg_scale > 0 else B, L), mask_id, dtype=torch.long, device=device)
@@ -153,61 +239,59 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
         am = torch.cat([attention_mask.bool(), attention_mask.new_ones(B, gen_length, dtype=torch.bool)], dim=1)
         if cfg_scale > 0:
             am = torch.cat([am, am])
+    rope = model.rope(xx, am)  # (rows, 1, L, hd) cos and sin, the same for every step
+    # Steps a block may take: the schedule's, or up to one per position for the "any" threshold rule.
+    max_steps = block_length if threshold is not None and threshold_rule == "any" else steps_per_block
+    log_threshold = None if threshold is None else (math.log(threshold) if threshold > 0 else -math.inf)
 
     for b in range(num_blocks):
         s, e = P + b * block_length, P + (b + 1) * block_length
         end = L if cache == "prefix" else e  # cached steps recompute positions [s, end)
         block = x[:, s:e]  # a view: writing into it writes into x
-        counts = (block == mask_id).sum(1).tolist()  # one sync per block
+        counts = (block == mask_id).sum(1).tolist()  # masked positions per row at the block's start
         schedule = num_transfer_tokens(counts, steps_per_block)  # (B, steps_per_block) on the host ...
         k_dev = torch.tensor(schedule, device=device).T  # ... and on the device: (steps_per_block, B)
         kv = None
-        step = 0
-        while True:
-            if threshold is None:
-                if step == steps_per_block:
-                    break
-                kmax = max(row[step] for row in schedule)
-                step += 1
-                if kmax == 0:
-                    continue
+        for step in range(max_steps):
+            if threshold is None and max(row[step] for row in schedule) == 0:
+                continue  # the schedule commits nothing in any row: the step cannot change the state
             masked = block == mask_id  # (B, bl)
-            if threshold is not None:
-                active = masked.any(1).tolist()  # one sync per step: the block ends when every row is decoded
-                if not any(active):
-                    break
+            # One sync per step: the masked counts per row size the rows' noise draws and the gather below. They do
+            # not follow from the schedule: a proposal may be the [MASK] token itself, which leaves its position
+            # masked (as in the reference).
+            left = masked.sum(1).tolist()
+            n = sum(left)
+            if n == 0:  # every row has decoded the block (threshold modes)
+                break
             if cfg_scale > 0:
                 xx[B:, P:] = x[:, P:]  # unconditional rows: the prompt stays MASK, the completion follows x
             if cache == "none":
-                logits = model(xx, am, positions=slice(s, e))  # (B or 2B, bl, V)
+                h = model(xx, am, positions=slice(s, e), return_hidden=True, rope=rope)  # (B or 2B, bl, D)
             elif kv is None:  # the block's first step: the whole sequence, filling the cache
                 kv = KVCache()
-                logits = model(xx, am, positions=slice(s, e), kv_cache=kv)
+                h = model(xx, am, positions=slice(s, e), return_hidden=True, kv_cache=kv, rope=rope)
                 kv.start = s
             else:
-                logits = model(xx[:, s:end], positions=slice(0, e - s), kv_cache=kv)
+                h = model(xx[:, s:end], positions=slice(0, e - s), return_hidden=True, kv_cache=kv)
+            # The head runs on the whole block, not only on the masked rows: a matmul's bits can depend on its row
+            # count (BLAS picks kernels by shape), and a row's logits must not depend on what else is masked in the
+            # batch (batched == one at a time).
+            logits = model.head(h)  # (B or 2B, bl, V)
             if cfg_scale > 0:
                 cond, uncond = logits.chunk(2)
                 logits = uncond + (cfg_scale + 1) * (cond - uncond)
-            if threshold is not None and not all(active):
-                # Rows whose block is done draw no noise, so a row's samples do not depend on its batch-mates.
-                rows = [i for i, a in enumerate(active) if a]
-                x0_a, conf_a = propose(logits[rows], temperature, remasking,
-                                       [gens[i] for i in rows] if isinstance(gens, list) else gens)
-                x0 = block.clone()
-                conf = torch.full(masked.shape, -torch.inf, dtype=torch.float64, device=device)
-                x0[rows], conf[rows] = x0_a, conf_a
-            else:
-                x0, conf = propose(logits, temperature, remasking, gens)
-            conf = conf.masked_fill(~masked, -torch.inf)
+            # the masked positions, row-major: (n, V); nonzero_static with the known n makes no second sync
+            logits = logits.flatten(0, 1)[torch.nonzero_static(masked.flatten(), size=n).squeeze(1)]
+            x0, conf = propose_rows(logits, left, temperature, remasking, gens)  # (n,)
+            score = torch.full(masked.shape, -torch.inf, dtype=torch.float64, device=device)
+            score.masked_scatter_(masked, conf)  # (B, bl) log-confidence, -inf where not masked
+            cand = block.masked_scatter(masked, x0)  # (B, bl): the proposals at the masked positions
             if threshold is None:
-                idx = conf.topk(kmax, dim=-1).indices  # (B, kmax)
-                rank_ok = torch.arange(kmax, device=device) < k_dev[step - 1][:, None]  # (B, kmax)
-                commit = torch.zeros_like(masked).scatter_(1, idx, rank_ok)
+                k_step = k_dev[step]
             else:
-                top1 = torch.zeros_like(masked).scatter_(1, conf.argmax(-1, keepdim=True), True)
-                commit = ((conf > threshold) | top1) & masked
-            block.copy_(torch.where(commit, x0, block))
+                floor = k_dev[step] if threshold_rule == "fixed-floor" else torch.ones_like(k_dev[0])
+                k_step = torch.maximum(floor, (score > log_threshold).sum(1))
+            block.copy_(torch.where(commit_mask(score, k_step, masked), cand, block))
     return x.clone() if cfg_scale > 0 else x
 
 
@@ -234,7 +318,10 @@ def main(argv=None):
     p.add_argument("--remasking", default="low_confidence", choices=REMASKING,
                    help="which proposals a step commits: the most confident, or random ones")
     p.add_argument("--threshold", type=probability, default=None,
-                   help="fast mode: commit all positions above this confidence")
+                   help="fast mode: also commit the positions whose confidence exceeds this (e.g. 0.9)")
+    p.add_argument("--threshold-rule", default="fixed-floor", choices=THRESHOLD_RULES,
+                   help="with --threshold: fixed-floor = max(scheduled k, count above threshold) per step (never more "
+                        "model calls than the schedule); any = every position above it, at least one (Fast-dLLM)")
     p.add_argument("--cache", default="none", choices=CACHE_MODES,
                    help="fast mode: approximate KV cache refreshed once per block (prefix, or dual = prefix + suffix)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (temperature > 0)")
@@ -275,7 +362,8 @@ def main(argv=None):
     t0 = time.time()
     out = generate(model, ids, mask, steps=steps, gen_length=args.gen_length, block_length=args.block_length,
                    temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                   generator=gen, threshold=args.threshold, cache=args.cache)
+                   generator=gen, threshold=args.threshold, cache=args.cache,
+                   threshold_rule=args.threshold_rule)
     dt = time.time() - t0
     for q, row in zip(args.prompt, out[:, ids.shape[1]:]):
         print(f"### {q}\n{tokenizer.decode(row, skip_special_tokens=True)}\n")

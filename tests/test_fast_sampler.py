@@ -44,8 +44,9 @@ class Recorder(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model, self.config, self.states, self.windows = model, model.config, [], []
+        self.rope, self.head = model.rope, model.head
 
-    def forward(self, x, attention_mask=None, positions=None, kv_cache=None):
+    def forward(self, x, attention_mask=None, positions=None, kv_cache=None, **kw):
         if kv_cache is not None and kv_cache.filled:  # x holds positions [start, start + W) only
             state = self.states[-1].clone()
             state[:, kv_cache.start:kv_cache.start + x.shape[1]] = x
@@ -54,7 +55,7 @@ class Recorder(torch.nn.Module):
             state = x.clone()
             self.windows.append((0, x.shape[1]))
         self.states.append(state)
-        return self.model(x, attention_mask, positions=positions, kv_cache=kv_cache)
+        return self.model(x, attention_mask, positions=positions, kv_cache=kv_cache, **kw)
 
 
 def test_cache_fill_is_the_plain_forward(tiny_model, tokenizer):
@@ -176,7 +177,7 @@ def test_bench_sampler_runs(tmp_path):
     (tmp_path / "p.txt").write_text("what is 2+2?\nhi\n")
     small = ["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--gen-length", "16", "--block-length", "8",
              "--steps", "8"]
-    runs = [["sampler", *small, "--batch", "3", "--ref-rows", "2"],
+    runs = [["sampler", *small, "--batch", "3"],
             ["sampler", *small, "--prompts", str(tmp_path / "p.txt"), "--modes", "exact,dual+threshold"]]
     for argv in runs:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}

@@ -38,7 +38,8 @@ def test_cpu_smoke_run_produces_every_section(tmp_path):
     modes = {d["mode"]: d for d in sec["sampler"]}
     shape = bench.REPORT_SHAPES["tiny"]
     assert list(modes) == ["exact", "prefix", "dual", "threshold"] and modes["exact"]["agreement"] == 1.0
-    assert modes["exact"]["calls"] == shape["steps"] and modes["threshold"]["calls"] == shape["gen_length"]
+    # the fixed-floor threshold rule never makes more model calls than the schedule (random weights: as many)
+    assert modes["exact"]["calls"] == shape["steps"] and modes["threshold"]["calls"] == shape["steps"]
     # grpo: three phases and the projection of d1's GSM8K run
     proj = sec["grpo"][-1]
     assert [d["phase"] for d in sec["grpo"][:3]] == ["generation", "old/ref log-probs", "updates"]
