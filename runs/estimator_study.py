@@ -419,7 +419,7 @@ def part1(ckpt: Path, train_csv: Path, sizes: dict, seed: int = 0) -> dict:
 # of each candidate size; the one whose greedy solved rate on validation puzzles (the 48 validation grids,
 # never in training or test) is closest to 50% is used, so both settings start near 50% solved.
 FULL = dict(part1_prompts=32, part1_G=8, part1_mask_seeds=8, elbo_samples=128, elbo_grad_samples=16,
-            diffusion_steps=12, gen_length=24, rl_steps=80, mu=4, rl_extra=[], skill_candidates=[4000, 8000, 16000],
+            diffusion_steps=12, gen_length=24, rl_steps=80, mu=4, rl_extra=[], skill_candidates=[16000, 20000, 24000],
             val_items=256, rl_prompts=4000, test_items=512, sft_epochs=1, trajectory_micro_batch=32)
 QUICK = dict(part1_prompts=2, part1_G=2, part1_mask_seeds=2, elbo_samples=2, elbo_grad_samples=2,
              diffusion_steps=12, gen_length=24, rl_steps=4, mu=4,
@@ -540,7 +540,8 @@ def pick_cheap(part1_results: dict) -> str:
     closest to the trajectory's (mean cosine over the settings' SFT models). Fixed before any RL run."""
     names = [n for n in PART1_ESTIMATORS if n != "d1" and ESTIMATORS[n][0] <= CHEAP_MAX_FORWARDS]
     score = lambda n: sum(r["estimators"][n]["cos_group"] for r in part1_results.values()) / len(part1_results)  # noqa
-    return max(names, key=score)
+    scores = {n: score(n) for n in names}  # nan (no group with a gradient, --quick) ranks last
+    return max(names, key=lambda n: scores[n] if math.isfinite(scores[n]) else -math.inf)
 
 
 def setting_runs(cheap: str, sizes: dict, same_steps: bool) -> list[tuple[str, str, int, bool]]:
@@ -555,8 +556,20 @@ def setting_runs(cheap: str, sizes: dict, same_steps: bool) -> list[tuple[str, s
     return runs + ([("trajectory, same steps", "trajectory", rounds, False)] if same_steps else [])
 
 
+def demo_ckpt(demo_dir: Path, seed: int) -> Path:
+    """The SFT checkpoint of a seed of runs/sudoku_demo.py's output (the taught-error setting)."""
+    found = sorted((demo_dir / f"seed{seed}" / "sft").glob("step-*"))
+    if not found:
+        raise FileNotFoundError(f"no SFT checkpoint in {demo_dir / f'seed{seed}' / 'sft'} (is runs/sudoku_demo.py "
+                                "still running? finished runs of this study are kept: run the command again later)")
+    return found[-1]
+
+
 def run_study(out: Path, demo_dir: Path | None, seeds: list[int], sizes: dict, reuse_demo_rl: bool = False,
-              same_steps: bool = False) -> dict:
+              same_steps: tuple[str, ...] = ()) -> dict:
+    """The whole study, in an order that needs the taught-error (demo) checkpoints as late as possible: add-skill
+    SFT models, part 1 (add skill, then taught error: seed 0), the cheap variant's pick, RL (add skill, then taught
+    error). Every finished unit is saved and reused when the command runs again."""
     import data
     import sudoku_demo
     t_start = time.time()
@@ -568,48 +581,51 @@ def run_study(out: Path, demo_dir: Path | None, seeds: list[int], sizes: dict, r
             sudoku_demo.make_data(demo_dir / f"seed{s}" / "data", dict(sft_examples=n, rl_prompts=sizes["rl_prompts"],
                                                                     test_items=sizes["test_items"]), error_rate=0.6)
             train_sft(demo_dir / f"seed{s}" / "sft", demo_dir / f"seed{s}" / "data", s, n, sizes["sft_epochs"])
-    taught = {"ckpts": {s: sorted((demo_dir / f"seed{s}" / "sft").glob("step-*"))[-1] for s in seeds},
-              "data": demo_dir / f"seed{seeds[0]}" / "data"}
     say("add-skill SFT models (candidate sizes on validation puzzles, then the pick for every seed)")
     skill_ckpts, skill_data, selection = add_skill_models(out / "add-skill-sft", seeds, sizes)
-    skill = {"ckpts": skill_ckpts, "data": skill_data}
-    tests = {name: (st["data"] / "test.csv").read_text() for name, st in zip(SETTINGS, (taught, skill))}
+    settings = {"add skill": {"ckpt": skill_ckpts.__getitem__, "data": skill_data},
+                "taught error": {"ckpt": lambda s: demo_ckpt(demo_dir, s), "data": demo_dir / f"seed{seeds[0]}" / "data"}}
+    tests = {name: (st["data"] / "test.csv").read_text() for name, st in settings.items()}
     if len(set(tests.values())) != 1:
         raise ValueError("the two settings' test puzzles differ: they must be the demo's (same sizes, data seed 0)")
-    test = data.load_task("sudoku", "test", path=taught["data"] / "test.csv", style="compact")
+    test = data.load_task("sudoku", "test", path=skill_data / "test.csv", style="compact")
     study = {"sizes": sizes, "seeds": seeds, "demo_dir": str(demo_dir), "selection": selection, "part1": {},
              "rl": {}}
 
-    for name, st in zip(SETTINGS, (taught, skill)):
+    for name, st in settings.items():
         path = out / f"part1-{slug(name)}.json"
         if read_json(path) is None:
-            say(f"part 1, {name}: estimators vs the trajectory on {st['ckpts'][seeds[0]]}")
-            write_json(path, part1(st["ckpts"][seeds[0]], st["data"] / "rl_train.csv", sizes, seed=seeds[0]))
+            say(f"part 1, {name}: the estimators against the trajectory, SFT model of seed {seeds[0]}")
+            write_json(path, part1(st["ckpt"](seeds[0]), st["data"] / "rl_train.csv", sizes, seed=seeds[0]))
         study["part1"][name] = read_json(path)
+    study["part1"] = {name: study["part1"][name] for name in SETTINGS}  # table order
     cheap = pick_cheap(study["part1"])
     study["cheap"] = cheap
     say(f"cheap variant for RL: {cheap}")
 
-    for name, st in zip(SETTINGS, (taught, skill)):
-        study["rl"][name] = {}
+    for name, st in settings.items():
+        by_seed = {}
         for seed in seeds:
             folder = out / slug(name) / f"seed{seed}"
             reused = demo_rl_rows(demo_dir, seed, sizes) if reuse_demo_rl and name == "taught error" else {}
             sft_result = read_json(folder / "sft.json")
             if sft_result is None:
                 sft_result = (json.loads((demo_dir / f"seed{seed}" / "summary.json").read_text())["sft"] if reused
-                              else sudoku_demo.test_accuracy(st["ckpts"][seed], test))
+                              else sudoku_demo.test_accuracy(st["ckpt"](seed), test))
                 write_json(folder / "sft.json", sft_result)
             runs = {"SFT": sft_result}
-            for label, estimator, rounds, control in setting_runs(cheap, sizes, same_steps):
+            for label, estimator, rounds, control in setting_runs(cheap, sizes, slug(name) in same_steps):
                 key = "control" if control else "d1" if label == "d1" else None
                 if key in reused:
                     runs[label] = reused[key]
                     continue
-                say(f"RL, {name}, seed {seed}: {label} ({rounds} rounds)")
-                runs[label] = rl_run(folder / slug(label), estimator, st["ckpts"][seed], st["data"] / "rl_train.csv",
+                if read_json(folder / slug(label) / "result.json") is None:
+                    say(f"RL, {name}, seed {seed}: {label} ({rounds} rounds)")
+                runs[label] = rl_run(folder / slug(label), estimator, st["ckpt"](seed), st["data"] / "rl_train.csv",
                                      test, seed, rounds, sizes, control)
-            study["rl"][name][seed] = runs
+            by_seed[seed] = runs
+        study["rl"][name] = by_seed
+    study["rl"] = {name: study["rl"][name] for name in SETTINGS}
     study["minutes"] = (time.time() - t_start) / 60
     return study
 
@@ -727,8 +743,9 @@ def main(argv=None):
     p.add_argument("--reuse-demo-rl", action="store_true",
                    help="take the taught-error setting's d1 and control rows from --demo-dir's summaries instead of "
                         "running them again")
-    p.add_argument("--same-steps", action="store_true",
-                   help="also run the trajectory estimator for as many rounds as d1 (~6x d1's compute)")
+    p.add_argument("--same-steps", default="", choices=["", "add-skill", "taught-error", "add-skill,taught-error"],
+                   help="settings where the trajectory estimator also runs for as many rounds as d1 (~6x d1's "
+                        "compute): add-skill, taught-error or both, comma-separated (default: none)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests): tiny sizes, no claims")
     args = p.parse_args(argv)
     try:
@@ -743,7 +760,7 @@ def main(argv=None):
     sizes = QUICK if args.quick else FULL
     out = Path(args.out_dir)
     study = run_study(out, Path(args.demo_dir) if args.demo_dir else None, seeds, sizes, args.reuse_demo_rl,
-                      args.same_steps)
+                      tuple(s for s in args.same_steps.split(",") if s))
     write_json(out / "summary.json", study)
     md = report(study)
     (out / "summary.md").write_text(md + "\n")
