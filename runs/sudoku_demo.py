@@ -90,6 +90,16 @@ def test_accuracy(ckpt: Path, test: list[dict]) -> dict:
             "cell15_error": err15, "items": len(records)}
 
 
+def sft_args(data_dir: Path, out: Path, seed: int, epochs: int, warmup: int = 100) -> list[str]:
+    """sft.py's flags of the demo: a LLaDA-architecture model trained from scratch on data_dir/sft.jsonl."""
+    return ["--init-from-scratch", "demo", "--tokenizer", str(data_dir / "tokenizer"),
+            "--data", str(data_dir / "sft.jsonl"), "--lora-r", "0", "--lr", "1e-3", "--lr-schedule", "cosine",
+            "--warmup-steps", str(warmup),  # without it some seeds sat on a plateau for hundreds of steps (val loss)
+            "--batch-size", "64", "--grad-accum", "1", "--epochs", str(epochs), "--weight-decay", "0",
+            "--grad-clip", "1.0", "--pad-answers-to", "24", "--max-length", "128", "--eval-every", "250",
+            "--save-every", "100000", "--keep-last", "1", "--out-dir", str(out), "--seed", str(seed)]
+
+
 def rl_args(init: Path, train_csv: Path, out: Path, seed: int, steps: int, eval_every: int, *extra) -> list[str]:
     # The prototype settings of the issue: faithful d1 estimator (p_mask_prompt 0.15, fresh mask per inner
     # step), clip 0.2, beta 0, G = 8, 16 prompts per step, mu = 4, AdamW lr 3e-5 betas (0.9, 0.99), wd 0,
@@ -125,12 +135,7 @@ def plot_curves(path: Path, runs: dict[str, list[dict]], sft_val_accuracy: float
 def run_seed(seed: int, out: Path, sizes: dict, error_rate: float, control: bool) -> dict:
     t0 = time.time()
     make_data(out / "data", sizes, error_rate)
-    sft.main(["--init-from-scratch", "demo", "--tokenizer", str(out / "data" / "tokenizer"),
-              "--data", str(out / "data" / "sft.jsonl"), "--lora-r", "0", "--lr", "1e-3", "--lr-schedule", "cosine",
-              "--warmup-steps", "100",  # without it some seeds sat on a plateau for hundreds of steps (val loss)
-              "--batch-size", "64", "--grad-accum", "1", "--epochs", str(sizes["sft_epochs"]), "--weight-decay", "0",
-              "--grad-clip", "1.0", "--pad-answers-to", "24", "--max-length", "128", "--eval-every", "250",
-              "--save-every", "100000", "--keep-last", "1", "--out-dir", str(out / "sft"), "--seed", str(seed)])
+    sft.main(sft_args(out / "data", out / "sft", seed, sizes["sft_epochs"]))
     sft_ckpt = sorted((out / "sft").glob("step-*"))[-1]
     t_sft = time.time() - t0
     test = data.load_task("sudoku", "test", path=out / "data" / "test.csv", style="compact")
