@@ -248,9 +248,9 @@ def rl_estimator(name: str):
         trajectories.append((commit, n_steps))
         return torch.cat([prompt, completion], dim=1)
 
-    def rollout(model, prompt_ids, prompt_mask, gidx, rnd, args, autocast):
+    def rollout(model, prompt_ids, prompt_mask, gidx, rnd, args, autocast, stats=None):
         trajectories.clear()
-        out = original_rollout(model, prompt_ids, prompt_mask, gidx, rnd, args, autocast)
+        out = original_rollout(model, prompt_ids, prompt_mask, gidx, rnd, args, autocast, stats)
         current.update(round=rnd, commit=torch.cat([c for c, _ in trajectories]),
                        n_steps=max(n for _, n in trajectories))
         return out

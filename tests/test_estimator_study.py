@@ -111,7 +111,7 @@ def test_rl_estimator_keeps_the_samples_and_restores_diffu_grpo(tiny_model, toke
 
     class Args:
         gen_batch_size, diffusion_steps, gen_length, block_length, temperature = 2, 4, 4, 4, 1.0
-        threshold, cache, seed, p_mask_prompt = None, "none", 0, 0.15
+        threshold, cache, cache_refresh, seed, p_mask_prompt = None, "none", None, 0, 0.15
     ids, am = prompt(tokenizer)
     ids, am = ids.repeat(3, 1), am.repeat(3, 1)
     import contextlib
