@@ -65,6 +65,14 @@ def bounded(kind=int, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool 
 positive_int = bounded(int, 1)  # counts that cannot be 0: batch sizes, lengths, mu, ...
 nonneg_int = bounded(int, 0)  # counts where 0 means zero (steps, warmup, "every N" where 0 = never)
 nonneg_float = bounded(float, 0.0)
+
+
+def seed_list(text: str) -> list[int]:
+    """An argparse `type`: comma-separated seeds "0,1,2" -> [0, 1, 2], each an integer >= 0."""
+    try:
+        return [nonneg_int(s) for s in text.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"each seed {e}") from None
 positive_float = bounded(float, 0.0, lo_open=True)
 probability = bounded(float, 0.0, 1.0)
 

@@ -54,7 +54,7 @@ import data  # noqa: E402
 import diffu_grpo  # noqa: E402
 import plot  # noqa: E402
 import sudoku_demo  # noqa: E402
-from cli import ArgumentParser, bounded, check_out_dir, check_paths, run_cli  # noqa: E402
+from cli import ArgumentParser, check_out_dir, check_paths, run_cli, seed_list  # noqa: E402
 from model import COMPACT_CHAT_TEMPLATE, LLaDA, make_char_tokenizer, preset_config  # noqa: E402
 from train_utils import claim_out_dir  # noqa: E402
 
@@ -186,7 +186,8 @@ def main(argv=None):
     p.add_argument("--demo-dir", default="out/demo",
                    help="a runs/sudoku_demo.py --out-dir: its seedN/sft checkpoints and seedN/data (default: "
                         "%(default)s; --quick makes a stand-in)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2",
+                   help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--modes", default=",".join(MODES),
                    help=f"comma-separated rollout modes, exact among them (default: all: {', '.join(MODES)})")
     p.add_argument("--out-dir", default="out/cached_rollouts",
@@ -194,10 +195,7 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an earlier study in --out-dir")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests): untrained model, no claims")
     args = p.parse_args(argv)
-    try:
-        seeds = [bounded(int, 0)(s) for s in args.seeds.split(",")]
-    except argparse.ArgumentTypeError as e:
-        p.error(f"--seeds {args.seeds}: each seed {e}")
+    seeds = args.seeds
     modes = [m.strip() for m in args.modes.split(",")]
     if any(m not in MODES for m in modes) or "exact" not in modes or len(set(modes)) < len(modes):
         p.error(f"--modes {args.modes}: modes from {', '.join(MODES)}, each once, exact among them (the baseline)")

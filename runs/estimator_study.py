@@ -730,7 +730,7 @@ def report(study: dict) -> str:
 
 
 def main(argv=None):
-    from cli import ArgumentParser, bounded, check_out_dir, check_paths
+    from cli import ArgumentParser, check_out_dir, check_paths, seed_list
     p = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--out-dir", default="out/estimator",
@@ -739,7 +739,8 @@ def main(argv=None):
     p.add_argument("--demo-dir", default=None,
                    help="the output folder of `python runs/sudoku_demo.py --seeds 0,1,2`: its data and SFT "
                         "checkpoints are the taught-error setting (required unless --quick)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: %(default)s)")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2",
+                   help="comma-separated training seeds (default: %(default)s)")
     p.add_argument("--reuse-demo-rl", action="store_true",
                    help="take the taught-error setting's d1 and control rows from --demo-dir's summaries instead of "
                         "running them again")
@@ -748,10 +749,7 @@ def main(argv=None):
                         "compute): add-skill, taught-error or both, comma-separated (default: none)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests): tiny sizes, no claims")
     args = p.parse_args(argv)
-    try:
-        seeds = [bounded(int, 0)(s) for s in args.seeds.split(",")]
-    except argparse.ArgumentTypeError as e:
-        p.error(f"--seeds {args.seeds}: each seed {e}")
+    seeds = args.seeds
     if args.demo_dir is None and not args.quick:
         p.error("--demo-dir is required (the output folder of `python runs/sudoku_demo.py --seeds 0,1,2`)")
     check_paths(p, "--demo-dir", args.demo_dir)

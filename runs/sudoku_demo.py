@@ -40,7 +40,7 @@ import diffu_grpo  # noqa: E402
 import eval as evaluation  # noqa: E402
 import plot  # noqa: E402
 import sft  # noqa: E402
-from cli import ArgumentParser, bounded, check_out_dir, probability, run_cli
+from cli import ArgumentParser, check_out_dir, probability, run_cli, seed_list
 from model import COMPACT_CHAT_TEMPLATE, LLaDA, load_tokenizer, make_char_tokenizer, save_tokenizer
 from train_utils import claim_out_dir
 
@@ -186,7 +186,7 @@ SEED_FILES = ("data", "sft", "rl", "control", "rl_curves.png", "summary.json")
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--seeds", default="0",
+    p.add_argument("--seeds", type=seed_list, default="0",
                    help="comma-separated training seeds (the data is the same for all; default: %(default)s)")
     p.add_argument("--out-dir", default="out/demo",
                    help="one folder per seed, plus summary.json / summary.md (default: %(default)s)")
@@ -197,10 +197,7 @@ def main(argv=None):
                    help="replace the seeds' folders of an earlier demo run (without it they are refused)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests): tiny sizes, no claims")
     args = p.parse_args(argv)
-    try:
-        seeds = [bounded(int, 0)(s) for s in args.seeds.split(",")]
-    except argparse.ArgumentTypeError as e:
-        p.error(f"--seeds {args.seeds}: each seed {e}")
+    seeds = args.seeds
     check_out_dir(p, "--out-dir", args.out_dir)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     sizes = QUICK if args.quick else FULL

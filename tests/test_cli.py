@@ -33,6 +33,7 @@ from train_utils import claim_out_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runs"))
 import cached_rollouts  # noqa: E402
+import estimator_study  # noqa: E402
 import sudoku_demo  # noqa: E402
 
 
@@ -86,11 +87,12 @@ def refused(fn, argv, capsys) -> str:
     (ev.main, ["--gen-length", "128,x"], "--gen-length 128,x: expected comma-separated positive integers"),
     (bench.parse_args, ["sampler", "--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
     (bench.parse_args, ["grpo-step", "--gen-length", "30"], "--gen-length 30 must be a multiple of --block-length 16"),
-    (sudoku_demo.main, ["--seeds", "0,x"], "--seeds 0,x: each seed expected an integer, got 'x'"),
+    (sudoku_demo.main, ["--seeds", "0,x"], "argument --seeds: each seed expected an integer, got 'x'"),
     (sudoku_demo.main, ["--error-rate", "2"], "argument --error-rate: must be >= 0.0 and <= 1.0, got 2"),
     (cached_rollouts.main, ["--modes", "dual,prefix"], "--modes dual,prefix: modes from exact, prefix"),
     (cached_rollouts.main, ["--modes", "exact,full"], "exact among them (the baseline)"),
-    (cached_rollouts.main, ["--seeds", "-1"], "--seeds -1: each seed must be >= 0"),
+    (cached_rollouts.main, ["--seeds", "-1"], "argument --seeds: each seed must be >= 0, got -1"),
+    (estimator_study.main, ["--seeds", "1,,2"], "argument --seeds: each seed expected an integer, got ''"),
     (cached_rollouts.main, ["--demo-dir", "out/no/such/demo"], "--demo-dir out/no/such/demo: no such"),
 ])
 def test_bad_arguments_are_one_line_errors(fn, argv, says, capsys):
