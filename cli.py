@@ -132,6 +132,26 @@ def check_paths(parser: argparse.ArgumentParser, flag: str, value) -> None:
             parser.error(f"{flag} {value}: no such file or folder: {path}")
 
 
+def check_training_run(parser: argparse.ArgumentParser, args, lr0_warning: str) -> None:
+    """The checks sft.py and diffu_grpo.py share, after their own: --resume / --export paths, --resume against
+    --overwrite, --out-dir and --tensorboard folders, the loggers' optional packages, the device (resolved in
+    place). --lr 0 is allowed (a diagnostic run), with lr0_warning printed on rank 0."""
+    if args.resume not in (None, "auto"):
+        check_paths(parser, "--resume", args.resume)
+    if args.export:
+        check_paths(parser, "--export", args.export)
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --out-dir, --overwrite deletes it: pass one of them")
+    check_out_dir(parser, "--out-dir", args.out_dir)
+    check_optional_package(parser, "--wandb", args.wandb, "wandb", "wandb")
+    check_optional_package(parser, "--tensorboard", args.tensorboard, "tensorboard", "tensorboard")
+    if args.tensorboard:
+        check_out_dir(parser, "--tensorboard", args.tensorboard)
+    resolve_device(parser, args)
+    if args.lr == 0 and os.environ.get("RANK", "0") == "0" and args.export is None:
+        print(f"warning: --lr 0: {lr0_warning} (a diagnostic run)", file=sys.stderr)
+
+
 def check_model_arg(parser: argparse.ArgumentParser, flag: str, value) -> None:
     """A model is a checkpoint folder or a hub id (owner/name): a missing local path or a file is refused here,
     a hub id is looked up when the model loads."""

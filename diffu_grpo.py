@@ -98,9 +98,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from cli import (ArgumentParser, HelpFormatter, bounded, check_lora_targets, check_model_arg, check_optional_package,
-                 check_out_dir, check_paths, nonneg_float, nonneg_int, positive_float, positive_int, probability,
-                 resolve_device, run_cli)
+from cli import (ArgumentParser, HelpFormatter, bounded, check_lora_targets, check_model_arg, check_paths,
+                 check_training_run, nonneg_float, nonneg_int, positive_float, positive_int, probability, run_cli)
 from model import (LLaDA, adapter_base, apply_lora, example_generator, load_adapter, load_tokenizer, lora_disabled,
                    lora_modules, make_char_tokenizer, mask_tokens, merge_lora, preset_config, row_uniforms)
 from train_utils import (MetricsLog, all_reduce_sums, check_init_merged, check_memory_budget, claim_out_dir,
@@ -632,20 +631,7 @@ def parse_args(argv=None):
     if local % args.micro_batch_size:
         p.error(f"--micro-batch-size {args.micro_batch_size}: must divide the {local} completions per process "
                 f"({args.prompts_per_step} prompts x G={args.num_generations} over {world} process(es))")
-    if args.resume not in (None, "auto"):
-        check_paths(p, "--resume", args.resume)
-    if args.export:
-        check_paths(p, "--export", args.export)
-    if args.resume and args.overwrite:
-        p.error("--resume continues the run in --out-dir, --overwrite deletes it: pass one of them")
-    check_out_dir(p, "--out-dir", args.out_dir)
-    check_optional_package(p, "--wandb", args.wandb, "wandb", "wandb")
-    check_optional_package(p, "--tensorboard", args.tensorboard, "tensorboard", "tensorboard")
-    if args.tensorboard:
-        check_out_dir(p, "--tensorboard", args.tensorboard)
-    resolve_device(p, args)
-    if args.lr == 0 and os.environ.get("RANK", "0") == "0" and args.export is None:
-        print("warning: --lr 0: the policy never moves (a diagnostic run)", file=sys.stderr)
+    check_training_run(p, args, "the policy never moves")
     return args
 
 

@@ -56,7 +56,6 @@ import argparse
 import functools
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -69,9 +68,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import S1K_HUB, format_prompt, load_s1k, load_sft_file
-from cli import (ArgumentParser, HelpFormatter, bounded, check_lora_targets, check_model_arg, check_optional_package,
-                 check_out_dir, check_paths, nonneg_float, nonneg_int, positive_float, positive_int, resolve_device,
-                 run_cli)
+from cli import (ArgumentParser, HelpFormatter, bounded, check_lora_targets, check_model_arg, check_paths,
+                 check_training_run, nonneg_float, nonneg_int, positive_float, positive_int, run_cli)
 from model import (Config, LLaDA, LORA_TARGETS, apply_lora, example_generator, load_tokenizer, make_char_tokenizer,
                    mask_tokens, merge_lora, preset_config, resolve_checkpoint, row_uniforms)
 from train_utils import (MetricsLog, check_memory_budget, claim_out_dir, close_distributed, export_sharded_checkpoint,
@@ -297,20 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_model_arg(p, "--tokenizer", args.tokenizer)
     if args.lora_r > 0:
         check_lora_targets(p, "--lora-targets", args.lora_targets)
-    if args.resume not in (None, "auto"):
-        check_paths(p, "--resume", args.resume)
-    if args.export:
-        check_paths(p, "--export", args.export)
-    if args.resume and args.overwrite:
-        p.error("--resume continues the run in --out-dir, --overwrite deletes it: pass one of them")
-    check_out_dir(p, "--out-dir", args.out_dir)
-    check_optional_package(p, "--wandb", args.wandb, "wandb", "wandb")
-    check_optional_package(p, "--tensorboard", args.tensorboard, "tensorboard", "tensorboard")
-    if args.tensorboard:
-        check_out_dir(p, "--tensorboard", args.tensorboard)
-    resolve_device(p, args)
-    if args.lr == 0 and os.environ.get("RANK", "0") == "0" and args.export is None:
-        print("warning: --lr 0: the weights never move (a diagnostic run)", file=sys.stderr)
+    check_training_run(p, args, "the weights never move")
     return args
 
 
