@@ -710,7 +710,7 @@ def plot_study(study: dict, path: Path) -> None:
         ax.set_xlabel("forward-pass equivalents per completion (backward = 2)")
         ax.set_ylabel("mean task reward of the round's rollouts")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=90)  # small enough to commit
 
 
 def report(study: dict) -> str:
