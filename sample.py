@@ -7,7 +7,8 @@ or at temperature T > 0 a draw from softmax(logits / T)), and commits the k most
 fixed schedule (confidence = the softmax probability of the proposal under the raw logits).
 
 Exactly the reference algorithm (llada.md; tests/reference_sampler.py), with these implementation choices:
-- the output head runs only on the current block, the proposal and the confidence only on its positions still
+- the last transformer block (queries, attention output, MLP; keys and values from every position) and the
+  output head run only on the current block, the proposal and the confidence only on its positions still
   masked (the 126k-vocab head is the largest activation; a committed position needs no proposal);
 - RoPE cos/sin are computed once per generate (model.rope) and passed to every forward;
 - the draw at T > 0 is the reference's Gumbel-max trick, written in log space: argmax(l - T log(-log u)) =
