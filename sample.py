@@ -221,6 +221,32 @@ def check_args(prompt, gen_length, block_length, steps, remasking, temperature, 
 
 
 @torch.no_grad()
+def block_hidden(model, xx, am, rope, s: int, e: int, end: int, cache: str, kv, refill: bool):
+    """One model call of a block decoding [s, e) of the state xx (rows, L): the final hidden states of the block
+    (rows, e - s, D), the KV cache to use next (fast modes), and how many sequence positions the call ran.
+    cache "none": the whole sequence. Fast modes: refill = run the whole sequence and fill a new cache; otherwise
+    run [s, end) against the cached keys/values (end = e for "dual", L for "prefix")."""
+    if cache == "none":
+        return model(xx, am, positions=slice(s, e), return_hidden=True, rope=rope), kv, xx.shape[1]
+    if refill:
+        kv = KVCache()
+        h = model(xx, am, positions=slice(s, e), return_hidden=True, kv_cache=kv, rope=rope)
+        kv.start = s
+        return h, kv, xx.shape[1]
+    return model(xx[:, s:end], positions=slice(0, e - s), return_hidden=True, kv_cache=kv), kv, end - s
+
+
+def commit_counts(schedule: torch.Tensor, step: int, score: torch.Tensor, log_threshold: float | None,
+                  threshold_rule: str) -> torch.Tensor:
+    """Tokens each row commits at `step` (B,): the schedule's k (schedule (steps_per_block, B)), or with a threshold
+    max(floor, the count of log-confidences above it), floor = the schedule's k ("fixed-floor": never more calls
+    than the schedule) or 1 ("any", Fast-dLLM's rule, whose steps may outnumber the schedule's)."""
+    if log_threshold is None:
+        return schedule[step]
+    floor = schedule[step] if threshold_rule == "fixed-floor" else torch.ones_like(schedule[0])
+    return torch.maximum(floor, (score > log_threshold).sum(1))
+
+
 def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = None, steps: int = 128,
              gen_length: int = 128, block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", mask_id: int | None = None, generator=None,
@@ -278,19 +304,11 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
             if cfg_scale > 0:
                 xx[B:, P:] = x[:, P:]  # unconditional rows: the prompt stays MASK, the completion follows x
             refill = cache != "none" and (calls == 0 or (cache_refresh is not None and calls % cache_refresh == 0))
-            if cache == "none":
-                h = model(xx, am, positions=slice(s, e), return_hidden=True, rope=rope)  # (B or 2B, bl, D)
-            elif refill:  # the block's first call (or a refresh): the whole sequence, filling a new cache
-                kv = KVCache()
-                h = model(xx, am, positions=slice(s, e), return_hidden=True, kv_cache=kv, rope=rope)
-                kv.start = s
-            else:
-                h = model(xx[:, s:end], positions=slice(0, e - s), return_hidden=True, kv_cache=kv)
+            h, kv, ran = block_hidden(model, xx, am, rope, s, e, end, cache, kv, refill)  # h (B or 2B, bl, D)
             calls += 1
             if stats is not None:
                 stats["calls"] = stats.get("calls", 0) + 1
-                stats["positions"] = stats.get("positions", 0) + xx.shape[0] * (
-                    L if cache == "none" or refill else end - s)
+                stats["positions"] = stats.get("positions", 0) + xx.shape[0] * ran
             # The head runs on the whole block, not only on the masked rows: a matmul's bits can depend on its row
             # count (BLAS picks kernels by shape), and a row's logits must not depend on what else is masked in the
             # batch (batched == one at a time).
@@ -304,11 +322,7 @@ def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = 
             score = torch.full(masked.shape, -torch.inf, dtype=torch.float64, device=device)
             score.masked_scatter_(masked, conf)  # (B, bl) log-confidence, -inf where not masked
             cand = block.masked_scatter(masked, x0)  # (B, bl): the proposals at the masked positions
-            if threshold is None:
-                k_step = k_dev[step]
-            else:
-                floor = k_dev[step] if threshold_rule == "fixed-floor" else torch.ones_like(k_dev[0])
-                k_step = torch.maximum(floor, (score > log_threshold).sum(1))
+            k_step = commit_counts(k_dev, step, score, log_threshold, threshold_rule)  # (B,)
             block.copy_(torch.where(commit_mask(score, k_step, masked), cand, block))
     return x.clone() if cfg_scale > 0 else x
 
