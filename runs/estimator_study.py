@@ -35,7 +35,12 @@ study patches diffu_grpo.estimate and diffu_grpo.rollout for the duration of a r
 unchanged), in the demo's two settings, 3 seeds each, and the random-reward control.
 
     python runs/estimator_study.py --quick                     # seconds: the code path (tests), no claims
-    python runs/estimator_study.py --out-dir out/estimator     # the README section's numbers
+    python runs/estimator_study.py --demo-dir out/demo --reuse-demo-rl --same-steps add-skill --out-dir out/estimator
+                                                               # the README section's numbers
+
+Longer than ~650 lines, on purpose: one study, one file, read top to bottom in the order it runs (trajectory
+recording and replay, the estimators, part 1, part 2, the tables); splitting it would scatter a single argument
+across files, and nothing in it is imported by the project's stages.
 """
 from __future__ import annotations
 
@@ -317,6 +322,41 @@ def sample_completions(model, tokenizer, examples: list[dict], G: int, seed: int
     return prompt_ids, prompt_mask, completion, commit, n_steps, rewards
 
 
+def gradient_cosines(model, value, elbo_value, adv: torch.Tensor, G: int, blanks: list[int]):
+    """Gradients one completion at a time: the trajectory's, each part-1 estimator's (value(name, rows) -> the
+    differentiable sequence value, mask draw 0) and the ELBO's (elbo_value(rows, i)); their cosine with the
+    trajectory's per completion, and per prompt group (G completions) the cosine of the policy-gradient directions
+    sum_i A_i grad log p(y_i). Groups whose rewards all tie (no policy gradient) are skipped. Returns
+    {name: [cosine per completion]}, {name: [cosine per group]}, the blank count of each scored group."""
+    params = [q for q in model.parameters() if q.requires_grad]
+    names = PART1_ESTIMATORS + ["ELBO"]
+    per_completion, per_group, group_blanks = {n: [] for n in names}, {n: [] for n in names}, []
+    for g0 in range(0, len(adv), G):
+        sums = {n: 0.0 for n in ["trajectory"] + names}
+        for i in range(g0, g0 + G):
+            one = slice(i, i + 1)
+            grads = {name: flat_grad(value(name, one), params) for name in ["trajectory"] + PART1_ESTIMATORS}
+            grads["ELBO"] = flat_grad(elbo_value(one, i), params)
+            for name in names:
+                per_completion[name].append(cosine(grads[name], grads["trajectory"]))
+            for name, g in grads.items():
+                sums[name] = sums[name] + float(adv[i]) * g
+        if bool((adv[g0:g0 + G] != 0).any()):
+            group_blanks.append(blanks[g0])
+            for name in names:
+                per_group[name].append(cosine(sums[name], sums["trajectory"]))
+    return per_completion, per_group, group_blanks
+
+
+def by_blanks(xs: list[float], keys: list[int]) -> dict[str, dict]:
+    """Mean of xs per key (the number of blank cells) -> {"7": {"mean": ..., "n": ...}, ...}."""
+    out = {}
+    for b in sorted(set(keys)):
+        sel = [x for x, k in zip(xs, keys) if k == b]
+        out[str(b)] = {"mean": sum(sel) / len(sel), "n": len(sel)}
+    return out
+
+
 def part1(ckpt: Path, train_csv: Path, sizes: dict, seed: int = 0) -> dict:
     """Every estimator against the trajectory (and the ELBO) on completions sampled from the model at `ckpt`."""
     import data
@@ -351,40 +391,15 @@ def part1(ckpt: Path, train_csv: Path, sizes: dict, seed: int = 0) -> dict:
     elbo_se = [float(e.std() / math.sqrt(len(e))) if len(e) > 1 else 0.0 for e in el]
     t_values = time.time() - t0
 
-    # Gradients, one completion at a time: the trajectory's, each estimator's (draw 0), and per prompt group the
-    # policy-gradient direction sum_i A_i grad log p(y_i) of its G completions.
-    t0 = time.time()
-    params = [q for q in model.parameters() if q.requires_grad]
-    names = PART1_ESTIMATORS + ["ELBO"]
-    per_completion = {n: [] for n in names}
-    per_group = {n: [] for n in names}
-    group_blanks = []
-    for g0 in range(0, N, G):
-        sums = {n: 0.0 for n in ["trajectory"] + names}
-        for i in range(g0, g0 + G):
-            one = slice(i, i + 1)
-            grads = {"trajectory": flat_grad(total(draw("trajectory", 0, one)).sum(), params)}
-            for name in PART1_ESTIMATORS:
-                grads[name] = flat_grad(total(draw(name, 0, one)).sum(), params)
-            grads["ELBO"] = flat_grad(elbo(model, prompt_ids[one], prompt_mask[one], y[one], cmask[one],
-                                           [example_generator(30_000, i)], sizes["elbo_grad_samples"], mask_id).sum(),
-                                      params)
-            for name in names:
-                per_completion[name].append(cosine(grads[name], grads["trajectory"]))
-            for name, g in grads.items():
-                sums[name] = sums[name] + float(adv[i]) * g
-        if bool((adv[g0:g0 + G] != 0).any()):  # a group whose rewards all tie has no policy gradient
-            group_blanks.append(blanks[g0])
-            for name in names:
-                per_group[name].append(cosine(sums[name], sums["trajectory"]))
-    t_grads = time.time() - t0
+    def elbo_value(one, i):  # the ELBO of completion i with the gradients' own draws
+        return elbo(model, prompt_ids[one], prompt_mask[one], y[one], cmask[one], [example_generator(30_000, i)],
+                    sizes["elbo_grad_samples"], mask_id).sum()
 
-    def by_blanks(xs, keys):
-        out = {}
-        for b in sorted(set(keys)):
-            sel = [x for x, k in zip(xs, keys) if k == b]
-            out[str(b)] = {"mean": sum(sel) / len(sel), "n": len(sel)}
-        return out
+    t0 = time.time()
+    names = PART1_ESTIMATORS + ["ELBO"]
+    per_completion, per_group, group_blanks = gradient_cosines(model, lambda name, one: total(draw(name, 0, one)).sum(),
+                                                               elbo_value, adv, G, blanks)
+    t_grads = time.time() - t0
 
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     result = {"ckpt": str(ckpt), "completions": N, "prompts": len(examples), "G": G, "sampler_forwards": S,
@@ -635,8 +650,8 @@ def run_study(out: Path, demo_dir: Path | None, seeds: list[int], sizes: dict, r
 
 
 def part1_table(result: dict) -> str:
-    lines = [f"| estimator | forwards | corr. with trajectory | corr. with ELBO | mean - trajectory (nats) | "
-             f"SD over mask draws (nats) | gradient cosine, per completion | policy-gradient cosine, per group |",
+    lines = ["| estimator | forwards | corr. with trajectory | corr. with ELBO | mean - trajectory (nats) | "
+             "SD over mask draws (nats) | gradient cosine, per completion | policy-gradient cosine, per group |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, e in result["estimators"].items():
         lines.append(f"| {name} | {e['forwards']} | {e['corr_trajectory']:.2f} | {e['corr_elbo']:.2f} | "
