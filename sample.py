@@ -220,7 +220,6 @@ def check_args(prompt, gen_length, block_length, steps, remasking, temperature, 
     return num_blocks, steps // num_blocks
 
 
-@torch.no_grad()
 def block_hidden(model, xx, am, rope, s: int, e: int, end: int, cache: str, kv, refill: bool):
     """One model call of a block decoding [s, e) of the state xx (rows, L): the final hidden states of the block
     (rows, e - s, D), the KV cache to use next (fast modes), and how many sequence positions the call ran.
@@ -247,6 +246,7 @@ def commit_counts(schedule: torch.Tensor, step: int, score: torch.Tensor, log_th
     return torch.maximum(floor, (score > log_threshold).sum(1))
 
 
+@torch.no_grad()
 def generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | None = None, steps: int = 128,
              gen_length: int = 128, block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", mask_id: int | None = None, generator=None,

@@ -313,3 +313,16 @@ def test_rope_is_the_rotate_half_formula(tiny_model, tokenizer):
     x1, x2 = x.chunk(2, dim=-1)
     textbook = x * cos + torch.cat([-x2, x1], dim=-1) * torch.cat([angles_sin, angles_sin], dim=-1)
     assert torch.equal(apply_rope(x, cos, sin), textbook)
+
+
+def test_generate_runs_without_autograd(tokenizer):
+    """Sampling never records a graph (no activation memory kept per step), in every mode, whoever calls it."""
+    model = peaky(tokenizer)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(torch.is_grad_enabled()))
+    ids, mask = prompts(tokenizer, ["sort 3 1 2", "z"])
+    for cache in ["none", "dual"]:
+        out = generate(model, ids, mask, steps=4, gen_length=8, block_length=4, temperature=1.0, cache=cache,
+                       generator=torch.Generator().manual_seed(0))
+        assert not out.requires_grad
+    assert seen and not any(seen) and torch.is_grad_enabled()
