@@ -103,7 +103,7 @@ def rl_run(mode: str, seed: int, sft_ckpt: Path, data_dir: Path, out: Path, size
     t_train = [sum(r["t_step"] for r in rows if r["round"] == x["round"]) for x in rounds]
     mean = lambda key: statistics.fmean(r[key] for r in rounds)  # noqa: E731
     return {"mode": mode, "seed": seed, "test": sudoku_demo.test_accuracy(sorted(out.glob("step-*"))[-1], test),
-            "rewards": [r["reward"] for r in rounds], "rounds": len(rounds),
+            "rewards": sudoku_demo.round_rewards(rows), "rounds": len(rounds),
             "gen_calls": mean("gen_calls"), "gen_positions": mean("gen_positions"),
             "t_gen": mean("t_gen"), "t_gen_cpu": mean("t_gen_cpu"), "t_logp": mean("t_logp"),
             "t_round": statistics.fmean(r["t_gen"] + r["t_logp"] + t for r, t in zip(rounds, t_train)),

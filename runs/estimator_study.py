@@ -521,14 +521,12 @@ def rl_run(folder: Path, name: str, ckpt: Path, train_csv: Path, test: list[dict
         extra.append("--overwrite")  # an interrupted run starts over
     with rl_estimator(name):
         diffu_grpo.main(sudoku_demo.rl_args(ckpt, train_csv, folder, seed, rounds * sizes["mu"], 0, *extra))
-    rows = sudoku_demo.metrics(folder)
-    rewards = [r["reward"] for r in rows if "reward" in r]
-    k = max(1, len(rewards) // 4)
+    rewards = sudoku_demo.round_rewards(sudoku_demo.metrics(folder))
     f = forwards_per_round(name, sizes["diffusion_steps"], sizes["mu"])
     result = {"estimator": name, "control": control, "seed": seed, "rounds": rounds,
               "steps": rounds * sizes["mu"], "forwards_per_round": f, "fwd_equivalents_per_round": fwd_equivalents(f),
               "test": sudoku_demo.test_accuracy(sorted(folder.glob("step-*"))[-1], test),
-              "rollout_reward": {"first": sum(rewards[:k]) / k, "last": sum(rewards[-k:]) / k, "curve": rewards},
+              "rollout_reward": {**sudoku_demo.reward_quarters(rewards), "curve": rewards},
               "minutes": (time.time() - t0) / 60}
     write_json(folder / "result.json", result)
     return result
@@ -540,7 +538,7 @@ def demo_rl_rows(demo_dir: Path, seed: int, sizes: dict) -> dict:
     out = {}
     for key, control in (("rl", False), ("control", True)):
         import sudoku_demo
-        rewards = [r["reward"] for r in sudoku_demo.metrics(demo_dir / f"seed{seed}" / key) if "reward" in r]
+        rewards = sudoku_demo.round_rewards(sudoku_demo.metrics(demo_dir / f"seed{seed}" / key))
         f = forwards_per_round("d1", sizes["diffusion_steps"], sizes["mu"])
         out["control" if control else "d1"] = {
             "estimator": "d1", "control": control, "seed": seed, "rounds": len(rewards),

@@ -118,6 +118,17 @@ def metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in open(folder / "metrics.jsonl")]
 
 
+def round_rewards(rows: list[dict]) -> list[float]:
+    """The mean rollout reward of each round, from a run's metrics rows (logged on each round's first step)."""
+    return [m["reward"] for m in rows if "reward" in m]
+
+
+def reward_quarters(rewards: list[float]) -> dict[str, float]:
+    """The mean rollout reward of the first and of the last quarter of the rounds (one round at least)."""
+    k = max(1, len(rewards) // 4)
+    return {"first": sum(rewards[:k]) / k, "last": sum(rewards[-k:]) / k}
+
+
 def plot_curves(path: Path, runs: dict[str, list[dict]], sft_val_accuracy: float, seed: int):
     """Rollout reward and validation accuracy per RL step (plot.py), the SFT model marked in both panels: its
     rollouts are step 1's (generated before the first update), its validation accuracy was scored on the same
@@ -152,9 +163,7 @@ def run_seed(seed: int, out: Path, sizes: dict, error_rate: float, control: bool
         key = "rl" if not extra else "control"
         result[key] = test_accuracy(sorted(folder.glob("step-*"))[-1], test)
         result[key + "_minutes"] = (time.time() - t1) / 60
-        rewards = [m["reward"] for m in runs[name] if "reward" in m]  # one per rollout round
-        k = max(1, len(rewards) // 4)
-        result[key + "_rollout_reward"] = {"first": sum(rewards[:k]) / k, "last": sum(rewards[-k:]) / k}
+        result[key + "_rollout_reward"] = reward_quarters(round_rewards(runs[name]))
     result["minutes"] = (time.time() - t0) / 60
     plot_curves(out / "rl_curves.png", runs, result["sft_val_accuracy"], seed)
     (out / "summary.json").write_text(json.dumps(result, indent=2))
